@@ -1,0 +1,71 @@
+# tollway: one entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CONFIG ?= examples/quickstart.toml
+# Stamps: re-install only when the dependency list changes.
+DEPS_STAMP := $(VENV)/.deps-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help venv build build-dev run test test-rust test-python lint fmt bench bench-native loadtest clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet "maturin>=1.9,<2"
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		deps = p["dependencies"] + [d for extra in ("test", "bench", "dev") for d in p["optional-dependencies"][extra]]; \
+		print("\n".join(deps))' > $(VENV)/requirements.txt
+	$(PIP) install --quiet -r $(VENV)/requirements.txt
+	touch $@
+
+venv: $(DEPS_STAMP) ## create the virtualenv with every dependency
+
+build: $(DEPS_STAMP) ## build the native extension (release) into the virtualenv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+
+build-dev: $(DEPS_STAMP) ## build the native extension (debug, fast to compile)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --quiet
+
+run: build ## install, build and serve the quickstart on 127.0.0.1:8080
+	$(VENV)/bin/tollway serve --config $(CONFIG)
+
+test: build test-rust test-python ## install, build and run every test
+
+test-rust: ## cargo test for the native core
+	cargo test -p tollway-core --quiet
+
+test-python: ## pytest (starts real gateway and mock upstream processes)
+	$(PY) -m pytest -q
+
+lint: $(DEPS_STAMP) ## ruff, mypy, cargo fmt and clippy
+	$(VENV)/bin/ruff check python tests benches loadtests
+	$(VENV)/bin/ruff format --check python tests benches loadtests
+	$(VENV)/bin/mypy
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt: $(DEPS_STAMP) ## format Python and Rust
+	$(VENV)/bin/ruff format python tests benches loadtests
+	$(VENV)/bin/ruff check --fix python tests benches loadtests
+	cargo fmt --all
+
+bench: build ## end-to-end overhead benchmark: direct upstream vs through tollway
+	$(PY) benches/e2e_overhead.py
+
+bench-native: ## criterion benchmarks of the native kernels
+	cargo bench -p tollway-core
+
+loadtest: build ## locust against the quickstart (start `make run` first)
+	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 32 -r 8 -t 30s --host http://127.0.0.1:8080
+
+clean: ## remove build outputs and the virtualenv
+	rm -rf $(VENV) target .pytest_cache
+	find python -name '*.so' -delete

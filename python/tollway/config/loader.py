@@ -1,0 +1,298 @@
+"""Load a `tollway.toml`: parse, decode into typed structs, validate, and report every problem.
+
+Decoding walks the msgspec struct types field by field instead of calling `msgspec.convert`
+once, because `convert` stops at the first error and tollway promises all of them at once,
+each as `FILE:LINE dotted.path: message`. Once a document has no problem, the walk's output is
+handed to `msgspec.convert` so the result is exactly what msgspec would build.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any, Literal, get_args, get_origin
+
+import msgspec
+
+from tollway.config._toml_lines import LineIndex, Path, format_path
+from tollway.config.schema import Config, SecretRef
+from tollway.errors import ConfigError
+
+KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+
+
+def _describe(value: Any) -> str:
+    """How a TOML value is shown in an error: short, and typed the way TOML writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f'"{shown}"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+_EXPECTED = {str: "a string", int: "an integer", float: "a number", bool: "a boolean (true or false)"}
+
+
+def _type_name(tp: Any) -> str:
+    if tp in _EXPECTED:
+        return _EXPECTED[tp]
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in get_args(tp))
+    if origin is list:
+        return "an array"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+        return "a table"
+    return str(tp)
+
+
+_INVALID: Any = object()  # marks a value that did not fit its type (already reported)
+
+
+class _Decoder:
+    """Walks a TOML value against a type, collecting problems instead of raising.
+
+    `clean` returns the value when it fits, with unfit struct fields dropped (so their
+    defaults apply) and unfit list items replaced by `None`, or `_INVALID`. That lets the
+    cross-field checks run on everything that did decode, so one run reports it all.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self._hints: dict[type, dict[str, Any]] = {}
+
+    def problem(self, path: Path, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def clean(self, value: Any, tp: Any, path: Path) -> Any:
+        origin = get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            options = [a for a in get_args(tp) if a is not type(None)]
+            if len(options) == 1:
+                return self.clean(value, options[0], path)
+            for option in options:
+                saved = len(self.problems)
+                out = self.clean(value, option, path)
+                del self.problems[saved:]
+                if out is not _INVALID:
+                    return out
+            self.problem(path, f"expected {' or '.join(_type_name(a) for a in options)}, got {_describe(value)}")
+            return _INVALID
+        if origin is Literal:
+            allowed = get_args(tp)
+            if value in allowed and type(value) is type(allowed[0]):
+                return value
+            self.problem(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            return _INVALID
+        if origin is list:
+            if not isinstance(value, list):
+                self.problem(path, f"expected an array, got {_describe(value)}")
+                return _INVALID
+            (item_tp,) = get_args(tp)
+            items = [self.clean(v, item_tp, (*path, i)) for i, v in enumerate(value)]
+            return [None if v is _INVALID else v for v in items]
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.problem(path, f"expected a table, got {_describe(value)}")
+                return _INVALID
+            _, item_tp = get_args(tp)
+            entries = {k: self.clean(v, item_tp, (*path, k)) for k, v in value.items()}
+            return {k: v for k, v in entries.items() if v is not _INVALID}
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            return self._struct(value, tp, path)
+        if tp is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, tp)
+        if ok:
+            return value
+        self.problem(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        return _INVALID
+
+    def _struct(self, value: Any, tp: type[msgspec.Struct], path: Path) -> Any:
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a table, got {_describe(value)}")
+            return _INVALID
+        hints = self._hints.get(tp)
+        if hints is None:
+            hints = self._hints[tp] = typing.get_type_hints(tp)
+        fields = {f.name: f for f in msgspec.structs.fields(tp)}
+        for key in value:
+            if key not in fields:
+                known = ", ".join(f"`{k}`" for k in fields)
+                self.problem((*path, key), f"unknown key `{key}`; expected one of {known}")
+        kwargs: dict[str, Any] = {}
+        complete = True
+        for name, field in fields.items():
+            if name in value:
+                out = self.clean(value[name], hints[name], (*path, name))
+                if out is not _INVALID:
+                    kwargs[name] = out
+                elif field.required:
+                    complete = False
+            elif field.required:
+                self.problem(path, f"missing required key `{name}`")
+                complete = False
+        # Struct __init__ does not type-check, so a list field may hold `None` for an unusable
+        # item here; only `_validate` sees such a partial value, never a caller.
+        return tp(**kwargs) if complete else _INVALID
+
+
+def _declared_names(raw: dict[str, Any], section: str) -> set[str]:
+    """Names declared in a section, including items that failed to decode (so that references
+    to them are not reported as unknown on top of the item's own problem)."""
+    items = raw.get(section)
+    if not isinstance(items, list):
+        return set()
+    return {i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)}
+
+
+def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
+    """Rules that span fields: names, references, hashes, ranges."""
+    p = decoder.problem
+    server = config.server
+    # `config` may be partial here: list items that did not decode are `None`.
+    if not 0 < server.port < 65536:
+        p(("server", "port"), f"expected a port between 1 and 65535, got {server.port}")
+    if server.workers < 1:
+        p(("server", "workers"), f"expected at least 1 worker, got {server.workers}")
+    if server.max_body_bytes < 1024:
+        p(("server", "max_body_bytes"), f"expected at least 1024 bytes, got {server.max_body_bytes}")
+    _check_timeouts(server.timeouts, ("server", "timeouts"), decoder)
+
+    providers: dict[str, int] = {}
+    for i, prov in enumerate(config.providers):
+        at = ("providers", i)
+        if prov is None:
+            continue
+        if prov.name in providers:
+            p((*at, "name"), f"duplicate provider name `{prov.name}` (first at providers[{providers[prov.name]}])")
+        providers.setdefault(prov.name, i)
+        if prov.kind == "openai":
+            if not prov.base_url:
+                p(at, "missing `base_url` (for example `https://api.openai.com/v1`)")
+            elif not prov.base_url.startswith(("http://", "https://")):
+                p((*at, "base_url"), f"expected an http:// or https:// URL, got {_describe(prov.base_url)}")
+        if prov.api_key is not None:
+            _check_secret_ref(prov.api_key, (*at, "api_key"), decoder)
+        if prov.timeouts is not None:
+            _check_timeouts(prov.timeouts, (*at, "timeouts"), decoder)
+        if prov.mock.stream_chunks < 1:
+            p((*at, "mock", "stream_chunks"), f"expected at least 1, got {prov.mock.stream_chunks}")
+
+    declared_providers = _declared_names(raw, "providers")
+    models: dict[str, int] = {}
+    for i, model in enumerate(config.models):
+        at = ("models", i)
+        if model is None:
+            continue
+        if model.name in models:
+            p((*at, "name"), f"duplicate model name `{model.name}` (first at models[{models[model.name]}])")
+        models.setdefault(model.name, i)
+        if model.provider not in declared_providers:
+            known = ", ".join(f"`{n}`" for n in sorted(declared_providers)) or "(no providers are configured)"
+            p((*at, "provider"), f"unknown provider `{model.provider}`; expected one of {known}")
+
+    declared_models = _declared_names(raw, "models")
+    names: dict[str, int] = {}
+    hashes: dict[str, int] = {}
+    for i, key in enumerate(config.keys):
+        at = ("keys", i)
+        if key is None:
+            continue
+        if not _NAME_RE.match(key.name):
+            p((*at, "name"), f"expected a name of letters, digits and `._:/@-`, got {_describe(key.name)}")
+        if key.name in names:
+            p((*at, "name"), f"duplicate key name `{key.name}` (first at keys[{names[key.name]}])")
+        names.setdefault(key.name, i)
+        if not KEY_HASH_RE.match(key.hash):
+            p((*at, "hash"), "expected `sha256:` followed by 64 lowercase hex digits (run `tollway keys new`)")
+        elif key.hash in hashes:
+            p((*at, "hash"), f"same hash as keys[{hashes[key.hash]}]: two names for one key")
+        hashes.setdefault(key.hash, i)
+        for j, model_name in enumerate(key.models or []):
+            if model_name not in declared_models:
+                p((*at, "models", j), f"unknown model `{model_name}`; it is not in [[models]]")
+
+    if config.admin.key_hash is not None and not KEY_HASH_RE.match(config.admin.key_hash):
+        p(("admin", "key_hash"), "expected `sha256:` followed by 64 lowercase hex digits (run `tollway keys new`)")
+
+
+def _check_timeouts(t: Any, at: Path, decoder: _Decoder) -> None:
+    for name in ("connect", "first_byte", "idle", "total"):
+        if getattr(t, name) <= 0:
+            decoder.problem((*at, name), f"expected a positive number of seconds, got {getattr(t, name)}")
+
+
+def _check_secret_ref(ref: SecretRef, at: Path, decoder: _Decoder) -> None:
+    if (ref.env is None) == (ref.file is None):
+        decoder.problem(at, 'expected exactly one of `env` or `file`, as in `{ env = "OPENAI_API_KEY" }`')
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and where it came from."""
+
+    config: Config
+    path: FsPath
+
+
+def load_config(path: str | FsPath) -> LoadedConfig:
+    """Read and validate a config file; raise `ConfigError` listing every problem."""
+    fs_path = FsPath(path)
+    label = fs_path.name
+    try:
+        text = fs_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{fs_path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{fs_path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    return LoadedConfig(parse_config(text, label), fs_path)
+
+
+def parse_config(text: str, label: str = "tollway.toml") -> Config:
+    """Validate TOML text; `label` is the file name used in messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)"; restate it as FILE:LINE.
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
+        if m:
+            msg = f"{label}:{m.group(1)}: invalid TOML: {msg[: m.start()].strip()} (column {m.group(2)})"
+        else:
+            msg = f"{label}: invalid TOML: {msg}"
+        raise ConfigError([msg]) from None
+
+    decoder = _Decoder()
+    partial = decoder.clean(raw, Config, ())
+    if partial is not _INVALID:
+        _validate(partial, raw, decoder)
+    if decoder.problems:
+        lines = LineIndex(text)
+        out = []
+        located = sorted(((lines.line_of(p.path) or 0, i, p) for i, p in enumerate(decoder.problems)))
+        for line, _, prob in located:
+            where = f"{label}:{line}" if line else label
+            dotted = format_path(prob.path)
+            out.append(f"{where} {dotted}: {prob.message}" if dotted else f"{where}: {prob.message}")
+        raise ConfigError(out)
+    return msgspec.convert(raw, Config)

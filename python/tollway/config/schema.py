@@ -1,0 +1,100 @@
+"""Typed configuration: the msgspec structs a `tollway.toml` decodes into.
+
+Field defaults here are the documented defaults (docs/configuration.md). Validation that needs
+more than one field (cross references, duplicates) lives in `tollway.config.loader`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+ProviderKind = Literal["openai", "mock"]
+
+
+class SecretRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where a secret comes from: `{ env = "VAR" }` or `{ file = "/path" }` (exactly one)."""
+
+    env: str | None = None
+    file: str | None = None
+
+
+class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Upstream timeouts in seconds.
+
+    `connect`: TCP/TLS connect; `first_byte`: from sending the request to the response headers;
+    `idle`: longest silence between two chunks of a streamed body; `total`: the whole attempt.
+    """
+
+    connect: float = 5.0
+    first_byte: float = 120.0
+    idle: float = 60.0
+    total: float = 600.0
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024
+    timeouts: Timeouts = Timeouts()
+    # Upper bound on pooled keep-alive connections per provider host.
+    max_connections_per_host: int = 256
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MockOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Behaviour of the built-in `mock` provider (no network)."""
+
+    latency_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    stream_chunks: int = 8
+    reply: str = "Hello from tollway's mock provider. This answer is deterministic."
+
+
+class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key: SecretRef | None = None
+    headers: dict[str, str] = {}
+    timeouts: Timeouts | None = None
+    mock: MockOptions = MockOptions()
+
+
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A model name clients use, mapped to a provider and the provider's own model name."""
+
+    name: str
+    provider: str
+    upstream: str | None = None
+
+    @property
+    def upstream_model(self) -> str:
+        return self.upstream or self.name
+
+
+class KeyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A virtual key. Only the hash is stored: `sha256:<64 hex digits>`."""
+
+    name: str
+    hash: str
+    team: str | None = None
+    user: str | None = None
+    tags: list[str] = []
+    # Model names (as clients send them) this key may use; absent means every configured model.
+    models: list[str] | None = None
+    metadata: dict[str, str] = {}
+
+
+class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    key_hash: str | None = None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
+    providers: list[ProviderConfig] = []
+    models: list[ModelConfig] = []
+    keys: list[KeyConfig] = []

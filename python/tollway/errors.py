@@ -1,0 +1,28 @@
+"""The one exception hierarchy of tollway.
+
+Everything tollway raises on purpose derives from `TollwayError`. Where the meaning matches a
+standard exception, the class subclasses it too, so callers can catch either. The native
+extension (`tollway._native`) raises these same classes.
+"""
+
+from __future__ import annotations
+
+
+class TollwayError(Exception):
+    """Base class of every error tollway raises on purpose."""
+
+
+class ConfigError(TollwayError, ValueError):
+    """A configuration could not be loaded; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems) if problems else "invalid configuration")
+
+
+class SseError(TollwayError, ValueError):
+    """An event stream violated a limit of the parser (for example a line over the size cap)."""
+
+
+class UpstreamError(TollwayError):
+    """An upstream provider call failed; `kind` says how (see `tollway.upstream`)."""

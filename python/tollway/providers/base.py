@@ -1,0 +1,69 @@
+"""The one shape every provider adapter has.
+
+An adapter turns a client's chat request into a provider call and the provider's answer back
+into the client's API format. It never writes to the client directly: a non-streamed call
+returns a `Completion`; a streamed call sends bytes to a `StreamSink`, which starts the HTTP
+response on the first send. Until that first send, an adapter may still fail with
+`UpstreamError`, and the client gets a proper JSON error; after it, the server ends the stream
+with an explicit error event instead.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tollway.config.schema import ModelConfig, ProviderConfig, Timeouts
+from tollway.upstream import UpstreamClient
+from tollway.usage import Usage
+
+
+@dataclass(slots=True)
+class ChatCall:
+    """One chat request, parsed once by the server."""
+
+    request_id: str
+    body: dict[str, Any]
+    raw: bytes
+    model: ModelConfig
+    stream: bool
+    # Client headers that may go upstream (see `tollway.upstream.forwardable_headers`).
+    forward_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Completion:
+    body: bytes
+    usage: Usage | None
+    # Upstream response headers worth passing to the client.
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class StreamSink(Protocol):
+    @property
+    def started(self) -> bool: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+
+class ProviderAdapter(abc.ABC):
+    kind: str
+
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None) -> None:
+        self.name = config.name
+        self.config = config
+        self.timeouts = timeouts
+        self.client = client
+
+    @abc.abstractmethod
+    async def chat(self, call: ChatCall) -> Completion:
+        """Run a non-streamed chat completion; raise `UpstreamError` on failure."""
+
+    @abc.abstractmethod
+    async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
+        """Run a streamed chat completion, sending client-format bytes to `sink`.
+
+        Returns the usage of the whole request when known; raises `UpstreamError` when the
+        provider fails (before or after the first send).
+        """

@@ -1,0 +1,203 @@
+"""OpenAI and every OpenAI-compatible server (`kind = "openai"` with any `base_url`).
+
+Requests are forwarded nearly verbatim: the body is re-encoded only when the gateway must
+change it (a different upstream model name, or asking for usage in a stream). Streams are
+parsed by the native SSE parser and each event is forwarded as soon as it is parsed; events
+that arrive together in one network chunk leave together in one write.
+
+Usage capture in streams: the gateway always asks for `stream_options.include_usage`. When the
+client did not ask for it, the gateway removes what that option adds before the client sees
+it: the final usage-only chunk, and the `"usage":null` member OpenAI adds to every other chunk.
+The removal is a byte replacement of `,"usage":null`; that sequence cannot occur inside a JSON
+string (a quote there is always escaped), so only the member itself matches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tollway._native import SseParser
+from tollway.config.schema import ProviderConfig, Timeouts
+from tollway.config.secrets import Secret
+from tollway.errors import SseError, UpstreamError
+from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
+from tollway.upstream import Failure, FailureKind, UpstreamClient, upstream_failure
+from tollway.usage import Usage, usage_from_openai
+
+_DONE = "[DONE]"
+_USAGE_NULL = ',"usage":null'
+# Upstream response headers passed through to the client, renamed where ours take the name.
+_PASSED_HEADERS = {
+    "x-request-id": "x-upstream-request-id",
+    "openai-processing-ms": "openai-processing-ms",
+    "openai-model": "openai-model",
+}
+
+
+class OpenAIAdapter(ProviderAdapter):
+    kind = "openai"
+
+    def __init__(
+        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, api_key: Secret | None
+    ) -> None:
+        super().__init__(config, timeouts, client)
+        assert config.base_url is not None  # the loader requires it for this kind
+        self.chat_url = config.base_url.rstrip("/") + "/chat/completions"
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers.update({k.lower(): v for k, v in config.headers.items()})
+        if api_key is not None:
+            headers["authorization"] = f"Bearer {api_key.reveal()}"
+        self._headers = headers
+        self._stream_headers = {**headers, "accept": "text/event-stream"}
+
+    def _request_headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
+        out = dict(call.forward_headers)
+        out.update(self._stream_headers if stream else self._headers)
+        return out
+
+    def _request_body(self, call: ChatCall) -> tuple[bytes, bool]:
+        """The body to send, and whether the gateway added `include_usage` to it."""
+        body = call.body
+        changed = False
+        upstream_model = call.model.upstream_model
+        if body.get("model") != upstream_model:
+            body = {**body, "model": upstream_model}
+            changed = True
+        injected = False
+        if call.stream:
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                options = dict(options) if isinstance(options, dict) else {}
+                options["include_usage"] = True
+                body = {**body, "stream_options": options}
+                changed = injected = True
+        return (orjson.dumps(body) if changed else call.raw), injected
+
+    async def chat(self, call: ChatCall) -> Completion:
+        assert self.client is not None
+        body, _ = self._request_body(call)
+        resp, deadline = await self.client.post(
+            self.name, self.chat_url, body, self._request_headers(call, False), self.timeouts
+        )
+        try:
+            payload = await self.client.read_body(self.name, resp, deadline)
+            if resp.status != 200:
+                raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
+            try:
+                parsed = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise upstream_failure(
+                    Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
+                ) from None
+            usage = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
+            return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
+        finally:
+            resp.release()
+
+    async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
+        assert self.client is not None
+        body, injected = self._request_body(call)
+        resp, deadline = await self.client.post(
+            self.name, self.chat_url, body, self._request_headers(call, True), self.timeouts
+        )
+        try:
+            if resp.status != 200:
+                payload = await self.client.read_body(self.name, resp, deadline)
+                raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
+            ctype = resp.headers.get("content-type", "")
+            if not ctype.startswith("text/event-stream"):
+                raise upstream_failure(
+                    Failure(
+                        FailureKind.BAD_RESPONSE,
+                        self.name,
+                        f"provider `{self.name}` answered a stream request with `{ctype or 'no content type'}`",
+                    )
+                )
+            return await self._pump(resp, deadline, injected, sink)
+        finally:
+            resp.close()
+
+    async def _pump(self, resp: Any, deadline: float, injected: bool, sink: StreamSink) -> Usage | None:
+        assert self.client is not None
+        parser = SseParser()
+        usage: Usage | None = None
+        done = False
+        try:
+            async for chunk in self.client.iter_chunks(self.name, resp, self.timeouts, deadline):
+                out: list[bytes] = []
+                for event in parser.feed(chunk):
+                    data = event.data
+                    if data == _DONE:
+                        done = True
+                    elif '"usage":{' in data or '"usage": {' in data:
+                        parsed = orjson.loads(data)
+                        usage = usage_from_openai(parsed.get("usage")) or usage
+                        if injected and not parsed.get("choices"):
+                            continue  # the usage-only chunk the client did not ask for
+                    elif injected and _USAGE_NULL in data:
+                        out.append(b"data: " + data.replace(_USAGE_NULL, "").encode() + b"\n\n")
+                        continue
+                    out.append(event.to_bytes())
+                if out:
+                    await sink.send(b"".join(out) if len(out) > 1 else out[0])
+        except SseError as exc:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
+            ) from None
+        except orjson.JSONDecodeError:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
+            ) from None
+        if not done:
+            raise upstream_failure(
+                Failure(
+                    FailureKind.BROKEN_STREAM,
+                    self.name,
+                    f"provider `{self.name}` ended the stream before `[DONE]`",
+                )
+            )
+        return usage
+
+    def _status_failure(self, status: int, payload: bytes, retry_after: str | None) -> UpstreamError:
+        upstream_message = _error_message(payload)
+        detail = f": {upstream_message}" if upstream_message else ""
+        if status == 429:
+            kind = FailureKind.RATE_LIMITED
+            message = f"provider `{self.name}` is rate limiting the gateway (429){detail}"
+        elif status in (401, 403):
+            kind = FailureKind.CREDENTIALS
+            message = f"provider `{self.name}` rejected the gateway's credentials ({status}); check its `api_key`"
+        elif 400 <= status < 500:
+            kind = FailureKind.CLIENT_ERROR
+            message = f"provider `{self.name}` rejected the request ({status}){detail}"
+        elif status >= 500:
+            kind = FailureKind.SERVER_ERROR
+            message = f"provider `{self.name}` failed with {status}{detail}"
+        else:
+            kind = FailureKind.BAD_RESPONSE
+            message = f"provider `{self.name}` answered with unexpected status {status}"
+        return upstream_failure(Failure(kind, self.name, message, status, retry_after, upstream_message))
+
+    @staticmethod
+    def _passed_headers(headers: Any) -> list[tuple[str, str]]:
+        out = []
+        for name, renamed in _PASSED_HEADERS.items():
+            value = headers.get(name)
+            if value is not None:
+                out.append((renamed, value))
+        return out
+
+
+def _error_message(payload: bytes) -> str | None:
+    """The `error.message` of an OpenAI-style error body, shortened; `None` if there is none."""
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str) or not message:
+        return None
+    return message if len(message) <= 500 else message[:497] + "..."

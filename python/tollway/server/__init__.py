@@ -1,0 +1,1 @@
+"""The HTTP surface: the RSGI app, its routes and its error bodies."""

@@ -1,0 +1,69 @@
+"""HTTP error bodies in the caller's API format, always carrying the request id.
+
+OpenAI format: `{"error": {"message", "type", "param", "code", "request_id"}}`. The
+`type` values follow OpenAI's (`invalid_request_error`, `authentication_error`,
+`permission_error`, `rate_limit_error`, `server_error`) plus `upstream_error` for failures of
+the provider behind the gateway; `code` is tollway's own, stable, snake_case reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from tollway.upstream import Failure, FailureKind
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    status: int
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def openai_body(self, request_id: str) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.code,
+                    "request_id": request_id,
+                }
+            }
+        )
+
+    def openai_event(self, request_id: str) -> bytes:
+        """The same error as a final SSE event, for a stream that has already started."""
+        return b"data: " + self.openai_body(request_id) + b"\n\n"
+
+
+def invalid_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, "invalid_request_error", code, message, param)
+
+
+def from_failure(failure: Failure) -> ApiError:
+    """The client-facing error for an upstream failure. A total match: a new kind must be mapped."""
+    match failure.kind:
+        case FailureKind.UNREACHABLE:
+            return ApiError(502, "upstream_error", "upstream_unreachable", failure.message)
+        case FailureKind.TIMEOUT:
+            return ApiError(504, "upstream_error", "upstream_timeout", failure.message)
+        case FailureKind.SERVER_ERROR:
+            return ApiError(502, "upstream_error", "upstream_server_error", failure.message)
+        case FailureKind.RATE_LIMITED:
+            headers = (("retry-after", failure.retry_after),) if failure.retry_after else ()
+            return ApiError(429, "rate_limit_error", "upstream_rate_limited", failure.message, headers=headers)
+        case FailureKind.CREDENTIALS:
+            return ApiError(502, "upstream_error", "upstream_credentials_rejected", failure.message)
+        case FailureKind.CLIENT_ERROR:
+            status = failure.upstream_status or 400
+            return ApiError(status, "invalid_request_error", "upstream_rejected_request", failure.message)
+        case FailureKind.BAD_RESPONSE:
+            return ApiError(502, "upstream_error", "upstream_bad_response", failure.message)
+        case FailureKind.BROKEN_STREAM:
+            return ApiError(502, "upstream_error", "upstream_broken_stream", failure.message)

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers that ship with tollway (mock upstream servers)."""

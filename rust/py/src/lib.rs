@@ -1,0 +1,18 @@
+//! `tollway._native`: PyO3 bindings for `tollway-core`.
+//!
+//! This layer is a lookup table, not logic: it converts types, maps errors to the exceptions
+//! of `tollway.errors`, and releases the GIL around work that can take more than a few
+//! microseconds.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod sse;
+
+#[pymodule(gil_used = false)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<sse::SseEvent>()?;
+    m.add_class::<sse::SseParser>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

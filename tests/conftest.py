@@ -1,0 +1,239 @@
+"""Fixtures that run real processes: the mock OpenAI upstream and `tollway serve`.
+
+Every server is a subprocess on a free loopback port, started once per session where it can be
+shared, and stopped (SIGTERM, then SIGKILL after a deadline) at the end. Readiness is polled
+with a deadline, never slept for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_SECRET = "sk-upstream-secret-value-7f3a"
+ALICE_KEY = "tw-test-alice-key"
+BOB_KEY = "tw-test-bob-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def key_hash(key: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], deadline_s: float = 20.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready:\n{out}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+            conn.close()
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"server on port {port} not ready within {deadline_s}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> str:
+    """SIGTERM, wait, SIGKILL if needed; return everything it printed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    if proc.stdout:
+        proc.stdout.close()
+    return out
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen[bytes]
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str) -> dict:  # type: ignore[type-arg]
+        status, _, body = self.request("GET", path)
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+
+def start_upstream() -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway.testing.mock_openai", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_http(port, "/v1/models", proc)
+    return Server(port, proc)
+
+
+def start_gateway(config_text: str, tmp: Path, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    config = tmp / f"tollway-{port}.toml"
+    config.write_text(config_text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    wait_http(port, "/healthz", proc)
+    wait_http(port, "/readyz", proc)
+    return Server(port, proc)
+
+
+def gateway_config(upstream_port: int, **server: object) -> str:
+    server_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in server.items())
+    models = [
+        "fail-500",
+        "fail-503",
+        "fail-429",
+        "fail-401",
+        "fail-400",
+        "slow-headers",
+        "stall-stream",
+        "broken-stream",
+        "slow-stream",
+        "not-json",
+    ]
+    model_tables = "\n".join(f'[[models]]\nname = "{m}"\nprovider = "up"\n' for m in models)
+    return f"""
+[server]
+host = "127.0.0.1"
+{server_lines}
+
+[server.timeouts]
+connect = 2
+first_byte = 2
+idle = 1
+total = 10
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+api_key = {{ env = "TEST_UPSTREAM_KEY" }}
+
+[[providers]]
+name = "dead"
+kind = "openai"
+base_url = "http://127.0.0.1:{free_port()}/v1"
+
+[[providers]]
+name = "mock"
+kind = "mock"
+mock = {{ stream_chunks = 4, reply = "one two three four five six seven eight" }}
+
+[[providers]]
+name = "slowmock"
+kind = "mock"
+mock = {{ latency_ms = 1500 }}
+
+[[models]]
+name = "gpt-test"
+provider = "up"
+upstream = "gpt-mock"
+
+[[models]]
+name = "gpt-dead"
+provider = "dead"
+
+[[models]]
+name = "mock-gpt"
+provider = "mock"
+
+[[models]]
+name = "mock-slow"
+provider = "slowmock"
+
+{model_tables}
+
+[[keys]]
+name = "alice"
+hash = "{key_hash(ALICE_KEY)}"
+team = "research"
+
+[[keys]]
+name = "bob"
+hash = "{key_hash(BOB_KEY)}"
+models = ["gpt-test"]
+"""
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Server]:
+    server = start_upstream()
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def gateway_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: Server, gateway_tmp: Path) -> Iterator[Server]:
+    server = start_gateway(
+        gateway_config(upstream.port, max_body_bytes=65536), gateway_tmp, {"TEST_UPSTREAM_KEY": UPSTREAM_SECRET}
+    )
+    yield server
+    output = stop(server.proc)
+    # Secrets never reach the logs, whatever happened during the session.
+    assert UPSTREAM_SECRET not in output
+    assert ALICE_KEY not in output
+
+
+@pytest.fixture
+def openai_client(gateway: Server) -> Iterator[object]:
+    import openai
+
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ALICE_KEY, max_retries=0, timeout=20)
+    yield client
+    with contextlib.suppress(Exception):
+        client.close()
