@@ -14,16 +14,14 @@ string (a quote there is always escaped), so only the member itself matches.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from tollway._native import SseParser
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import SseError, UpstreamError
+from tollway.errors import ConfigError, SseError, UpstreamError
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
-from tollway.upstream import Failure, FailureKind, UpstreamClient, upstream_failure
+from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage, usage_from_openai
 
 _DONE = "[DONE]"
@@ -44,11 +42,14 @@ class OpenAIAdapter(ProviderAdapter):
     ) -> None:
         super().__init__(config, timeouts, client)
         assert config.base_url is not None  # the loader requires it for this kind
-        self.chat_url = config.base_url.rstrip("/") + "/chat/completions"
+        self.chat_endpoint = Endpoint.parse(config.base_url.rstrip("/") + "/chat/completions")
         headers = {"content-type": "application/json", "accept": "application/json"}
         headers.update({k.lower(): v for k, v in config.headers.items()})
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key.reveal()}"
+        if any("\r" in v or "\n" in v for v in headers.values()):
+            # A line break in a header value would let a config or secret inject headers.
+            raise ConfigError([f"provider `{self.name}`: a header value or the API key contains a line break"])
         self._headers = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
 
@@ -79,32 +80,29 @@ class OpenAIAdapter(ProviderAdapter):
         assert self.client is not None
         body, _ = self._request_body(call)
         resp, deadline = await self.client.post(
-            self.name, self.chat_url, body, self._request_headers(call, False), self.timeouts
+            self.name, self.chat_endpoint, body, self._request_headers(call, False), self.timeouts
         )
+        payload = await resp.read(deadline)
+        if resp.status != 200:
+            raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
         try:
-            payload = await self.client.read_body(self.name, resp, deadline)
-            if resp.status != 200:
-                raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
-            try:
-                parsed = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise upstream_failure(
-                    Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
-                ) from None
-            usage = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
-            return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
-        finally:
-            resp.release()
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
+            ) from None
+        usage = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
+        return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
         assert self.client is not None
         body, injected = self._request_body(call)
         resp, deadline = await self.client.post(
-            self.name, self.chat_url, body, self._request_headers(call, True), self.timeouts
+            self.name, self.chat_endpoint, body, self._request_headers(call, True), self.timeouts
         )
         try:
             if resp.status != 200:
-                payload = await self.client.read_body(self.name, resp, deadline)
+                payload = await resp.read(deadline)
                 raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
             ctype = resp.headers.get("content-type", "")
             if not ctype.startswith("text/event-stream"):
@@ -119,13 +117,12 @@ class OpenAIAdapter(ProviderAdapter):
         finally:
             resp.close()
 
-    async def _pump(self, resp: Any, deadline: float, injected: bool, sink: StreamSink) -> Usage | None:
-        assert self.client is not None
+    async def _pump(self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink) -> Usage | None:
         parser = SseParser()
         usage: Usage | None = None
         done = False
         try:
-            async for chunk in self.client.iter_chunks(self.name, resp, self.timeouts, deadline):
+            async for chunk in resp.chunks(self.timeouts, deadline):
                 out: list[bytes] = []
                 for event in parser.feed(chunk):
                     data = event.data
@@ -181,7 +178,7 @@ class OpenAIAdapter(ProviderAdapter):
         return upstream_failure(Failure(kind, self.name, message, status, retry_after, upstream_message))
 
     @staticmethod
-    def _passed_headers(headers: Any) -> list[tuple[str, str]]:
+    def _passed_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
         out = []
         for name, renamed in _PASSED_HEADERS.items():
             value = headers.get(name)

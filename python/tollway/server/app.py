@@ -283,40 +283,45 @@ class Gateway:
     async def _stream(
         self, proto: Any, adapter: ProviderAdapter, call: ChatCall, route_headers: list[tuple[str, str]]
     ) -> Usage | None:
-        """Run a streamed call while watching for the client to go away.
+        """Run a streamed call in this task while watching for the client to go away.
 
-        If the client disconnects, the pump task is cancelled, which closes the upstream
-        connection (the adapter's `finally`), so the provider stops generating.
+        If the client disconnects, this task is cancelled, which closes the upstream connection
+        (the adapter's `finally`), so the provider stops generating. The pump runs in the
+        request's own task (no second task, no `asyncio.wait`): this is the per-stream hot path.
         """
         sink = ClientStream(proto, [*_SSE_HEADERS, *route_headers])
-        pump = asyncio.ensure_future(adapter.chat_stream(call, sink))
+        task = asyncio.current_task()
+        assert task is not None
         gone = asyncio.ensure_future(proto.client_disconnect())
+        disconnected = False
+
+        def on_gone(fut: asyncio.Future[None]) -> None:
+            nonlocal disconnected
+            if not fut.cancelled():
+                disconnected = True
+                task.cancel()
+
+        gone.add_done_callback(on_gone)
         try:
-            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not pump.done():
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
-                log.info("request %s: client disconnected mid-stream; upstream request ended", call.request_id)
-            gone.cancel()
-        try:
-            if pump.cancelled():
-                return None
-            exc = pump.exception()
-            if exc is None:
-                usage: Usage | None = pump.result()
-                return usage
-            if not isinstance(exc, UpstreamError):
-                raise exc
+            usage: Usage | None = await adapter.chat_stream(call, sink)
+            return usage
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            task.uncancel()
+            log.info("request %s: client disconnected mid-stream; upstream request ended", call.request_id)
+            return None
+        except UpstreamError as exc:
             error = from_failure(failure_of(exc))
             if not sink.started:
-                raise _Reject(error)
+                raise _Reject(error) from None
             # The stream has begun: end it with an explicit error event, never a silent cut.
             with contextlib.suppress(Exception):
                 await sink.send(error.openai_event(call.request_id))
             return None
         finally:
+            gone.remove_done_callback(on_gone)
+            gone.cancel()
             sink.close()
 
 
