@@ -112,6 +112,13 @@ def test_builtin_mock_provider(openai_client: openai.OpenAI) -> None:
     assert cut.choices[0].finish_reason == "length"
 
 
+def test_overhead_header_excludes_the_provider_wait(openai_client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    raw = openai_client.chat.completions.with_raw_response.create(model="mock-slow", messages=MESSAGES)
+    assert time.monotonic() - started >= 1.5  # the provider took 1.5 s...
+    assert 0 <= float(raw.headers["x-tollway-overhead-ms"]) < 100  # ...which is not the gateway's time
+
+
 def test_models_lists_what_the_key_may_use(gateway: Server) -> None:
     alice = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ALICE_KEY, max_retries=0)
     bob = openai.OpenAI(base_url=gateway.url + "/v1", api_key=BOB_KEY, max_retries=0)

@@ -47,6 +47,10 @@ class _Reject(Exception):
         self.error = error
 
 
+class ClientGone(Exception):
+    """Writing to the client failed: it has disconnected."""
+
+
 class ClientStream:
     """The client side of a streamed response; the HTTP response starts on the first send."""
 
@@ -64,7 +68,10 @@ class ClientStream:
     async def send(self, data: bytes) -> None:
         if self._transport is None:
             self._transport = self._proto.response_stream(200, self._headers)
-        await self._transport.send_bytes(data)
+        try:
+            await self._transport.send_bytes(data)
+        except Exception as exc:  # Granian raises its own protocol errors for a closed peer
+            raise ClientGone(str(exc)) from None
 
     def close(self) -> None:
         """End the response body. Granian ends a streamed body when its transport is released;
@@ -263,12 +270,18 @@ class Gateway:
         if stream:
             usage = await self._stream(proto, adapter, call, route_headers)
         else:
+            upstream_started = time.perf_counter()
             try:
                 completion = await adapter.chat(call)
             except UpstreamError as exc:
                 raise _Reject(from_failure(failure_of(exc))) from None
-            overhead = ("x-tollway-overhead-ms", f"{(time.perf_counter() - started) * 1000:.3f}")
-            proto.response_bytes(200, [_JSON, *route_headers, *completion.headers, overhead], completion.body)
+            upstream_finished = time.perf_counter()
+            headers = [_JSON, *route_headers, *completion.headers]
+            # The gateway's own time so far: everything but the wait for the provider's answer.
+            now = time.perf_counter()
+            overhead_ms = ((upstream_started - started) + (now - upstream_finished)) * 1000
+            headers.append(("x-tollway-overhead-ms", f"{overhead_ms:.3f}"))
+            proto.response_bytes(200, headers, completion.body)
             usage = completion.usage
         if usage is not None and log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -311,6 +324,9 @@ class Gateway:
             task.uncancel()
             log.info("request %s: client disconnected mid-stream; upstream request ended", call.request_id)
             return None
+        except ClientGone:
+            log.info("request %s: client went away mid-stream; upstream request ended", call.request_id)
+            return None
         except UpstreamError as exc:
             error = from_failure(failure_of(exc))
             if not sink.started:
@@ -348,9 +364,21 @@ def _parse_chat_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _configure_logging(level: str) -> None:
+    """tollway's own log lines go to stderr beside Granian's, in the same shape."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(levelname)s] tollway: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level.upper())
+
+
 def create_app() -> Gateway:
     """Granian's factory: load the config named by `$TOLLWAY_CONFIG` (set by `tollway serve`)."""
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise RuntimeError(f"${CONFIG_ENV} is not set; start the gateway with `tollway serve --config PATH`")
-    return Gateway(load_config(path))
+    gateway = Gateway(load_config(path))
+    _configure_logging(gateway.config.server.log_level)
+    return gateway
