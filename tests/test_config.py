@@ -209,3 +209,19 @@ def test_presented_key_parsing() -> None:
     assert presented_key(None, "k") == "k"
     assert presented_key("Bearer ", None) is None
     assert presented_key(None, None) is None
+
+
+def test_duplicates_and_two_names_for_one_key() -> None:
+    digest = "sha256:" + "ab" * 32
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            '[[providers]]\nname = "m"\nkind = "mock"\n[[providers]]\nname = "m"\nkind = "mock"\n'
+            '[[models]]\nname = "x"\nprovider = "m"\n[[models]]\nname = "x"\nprovider = "m"\n'
+            f'[[keys]]\nname = "a"\nhash = "{digest}"\n[[keys]]\nname = "a"\nhash = "{digest}"\n'
+        )
+    assert info.value.problems == [
+        "tollway.toml:5 providers[1].name: duplicate provider name `m` (first at providers[0])",
+        "tollway.toml:11 models[1].name: duplicate model name `x` (first at models[0])",
+        "tollway.toml:17 keys[1].name: duplicate key name `a` (first at keys[0])",
+        "tollway.toml:18 keys[1].hash: same hash as keys[0]: two names for one key",
+    ]

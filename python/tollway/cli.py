@@ -6,14 +6,18 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tollway import __version__
 from tollway.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tollway.config import LoadedConfig
+
 DEFAULT_CONFIG = "tollway.toml"
 
 
-def _load(path: str) -> object:
+def _load(path: str) -> LoadedConfig:
     from tollway.config import load_config
     from tollway.providers import build_adapters
 
@@ -23,16 +27,20 @@ def _load(path: str) -> object:
     return loaded
 
 
+def _print_problems(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         loaded = _load(args.path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc)
         count = len(exc.problems)
         print(f"{args.path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
-    config = loaded.config  # type: ignore[attr-defined]
+    config = loaded.config
     print(
         f"{args.path}: ok ({len(config.providers)} providers, {len(config.models)} models, "
         f"{len(config.keys)} keys, serving on {config.server.host}:{config.server.port})"
@@ -65,11 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         loaded = _load(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc)
         print(f"{args.config}: not serving; run `tollway check {args.config}` after fixing it", file=sys.stderr)
         return 1
-    server = loaded.config.server  # type: ignore[attr-defined]
+    server = loaded.config.server
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     workers = args.workers if args.workers is not None else server.workers

@@ -178,14 +178,11 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
         p(("server", "max_body_bytes"), f"expected at least 1024 bytes, got {server.max_body_bytes}")
     _check_timeouts(server.timeouts, ("server", "timeouts"), decoder)
 
-    providers: dict[str, int] = {}
+    _check_unique_names(config.providers, "providers", "provider", decoder)
     for i, prov in enumerate(config.providers):
         at = ("providers", i)
         if prov is None:
             continue
-        if prov.name in providers:
-            p((*at, "name"), f"duplicate provider name `{prov.name}` (first at providers[{providers[prov.name]}])")
-        providers.setdefault(prov.name, i)
         if prov.kind == "openai":
             if not prov.base_url:
                 p(at, "missing `base_url` (for example `https://api.openai.com/v1`)")
@@ -199,20 +196,17 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
             p((*at, "mock", "stream_chunks"), f"expected at least 1, got {prov.mock.stream_chunks}")
 
     declared_providers = _declared_names(raw, "providers")
-    models: dict[str, int] = {}
+    _check_unique_names(config.models, "models", "model", decoder)
     for i, model in enumerate(config.models):
         at = ("models", i)
         if model is None:
             continue
-        if model.name in models:
-            p((*at, "name"), f"duplicate model name `{model.name}` (first at models[{models[model.name]}])")
-        models.setdefault(model.name, i)
         if model.provider not in declared_providers:
             known = ", ".join(f"`{n}`" for n in sorted(declared_providers)) or "(no providers are configured)"
             p((*at, "provider"), f"unknown provider `{model.provider}`; expected one of {known}")
 
     declared_models = _declared_names(raw, "models")
-    names: dict[str, int] = {}
+    _check_unique_names(config.keys, "keys", "key", decoder)
     hashes: dict[str, int] = {}
     for i, key in enumerate(config.keys):
         at = ("keys", i)
@@ -220,9 +214,6 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
             continue
         if not _NAME_RE.match(key.name):
             p((*at, "name"), f"expected a name of letters, digits and `._:/@-`, got {_describe(key.name)}")
-        if key.name in names:
-            p((*at, "name"), f"duplicate key name `{key.name}` (first at keys[{names[key.name]}])")
-        names.setdefault(key.name, i)
         if not KEY_HASH_RE.match(key.hash):
             p((*at, "hash"), "expected `sha256:` followed by 64 lowercase hex digits (run `tollway keys new`)")
         elif key.hash in hashes:
@@ -234,6 +225,18 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
 
     if config.admin.key_hash is not None and not KEY_HASH_RE.match(config.admin.key_hash):
         p(("admin", "key_hash"), "expected `sha256:` followed by 64 lowercase hex digits (run `tollway keys new`)")
+
+
+def _check_unique_names(items: list[Any], section: str, what: str, decoder: _Decoder) -> None:
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item is None:
+            continue
+        if item.name in first:
+            decoder.problem(
+                (section, i, "name"), f"duplicate {what} name `{item.name}` (first at {section}[{first[item.name]}])"
+            )
+        first.setdefault(item.name, i)
 
 
 def _check_timeouts(t: Any, at: Path, decoder: _Decoder) -> None:
