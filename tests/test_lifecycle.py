@@ -24,8 +24,11 @@ def test_sigterm_lets_an_in_flight_stream_finish(upstream: Server, tmp_path: Pat
                 + f"Authorization: Bearer {ALICE_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            received = sock.recv(65536)
-            assert b"data: " in received  # the stream is under way
+            received = b""
+            while b"data: " not in received:  # wait until the stream is under way
+                chunk = sock.recv(65536)
+                assert chunk, "gateway closed the connection before streaming"
+                received += chunk
             gw.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 15
             while b"data: [DONE]" not in received and time.monotonic() < deadline:

@@ -1,13 +1,25 @@
 //! Core errors -> the exceptions defined in `python/tollway/errors.py`.
 
 use pyo3::PyErr;
-use tollway_core::sse;
+use tollway_core::{sse, tokens};
 
 pyo3::import_exception!(tollway.errors, SseError);
+pyo3::import_exception!(tollway.errors, TokenizerError);
+pyo3::import_exception!(tollway.errors, TokenCountError);
 
 /// A total match: a new core error variant must be given its Python exception here.
 pub fn sse_error(err: sse::SseError) -> PyErr {
     match err {
-        sse::SseError::LineTooLong { .. } => SseError::new_err(err.to_string()),
+        sse::SseError::LineTooLong { .. }
+        | sse::SseError::LineBreakInField { .. }
+        | sse::SseError::NulInId => SseError::new_err(err.to_string()),
+    }
+}
+
+/// A total match, as above.
+pub fn token_error(err: tokens::TokenError) -> PyErr {
+    match err {
+        tokens::TokenError::UnknownEncoding(_) => TokenizerError::new_err(err.to_string()),
+        tokens::TokenError::InvalidRequest(_) => TokenCountError::new_err(err.to_string()),
     }
 }

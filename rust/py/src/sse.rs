@@ -1,21 +1,23 @@
-//! `SseParser` and `SseEvent` for Python.
+//! `SseParser` and `SseEvent` for Python: conversions around `tollway_core::sse`.
 
-use std::sync::Mutex;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBool, PyBytes, PyString};
 use tollway_core::sse as core;
 
 use crate::errors::sse_error;
 
 /// Chunks at least this large are parsed with the GIL released; below it, releasing and
-/// re-taking the GIL costs more than the parse itself.
+/// re-taking the GIL costs more than the parse itself (a 1 KiB chunk parses in about 1 µs).
 const DETACH_THRESHOLD: usize = 64 * 1024;
 
-/// One server-sent event. Immutable; `data` is built once as a Python string.
+/// One server-sent event. Immutable, hashable, equal to another event with the same fields.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct SseEvent {
     inner: core::Event,
+    /// `data` as a Python string, built once: adapters read it for every event.
     data: Py<PyString>,
 }
 
@@ -29,16 +31,15 @@ impl SseEvent {
         event: Option<String>,
         id: Option<String>,
         retry: Option<u64>,
-    ) -> Self {
-        Self::from_core(
-            py,
-            core::Event {
-                event,
-                data,
-                id,
-                retry,
-            },
-        )
+    ) -> PyResult<Self> {
+        let inner = core::Event {
+            event,
+            data,
+            id,
+            retry,
+        };
+        inner.validate().map_err(sse_error)?;
+        Ok(Self::from_core(py, inner))
     }
 
     /// The event type; `None` means the default type, `message`.
@@ -47,16 +48,19 @@ impl SseEvent {
         self.inner.event.as_deref()
     }
 
+    /// The data lines joined with `\n`.
     #[getter]
     fn data(&self, py: Python<'_>) -> Py<PyString> {
         self.data.clone_ref(py)
     }
 
+    /// The last event id in effect when the event was dispatched.
     #[getter]
     fn id(&self) -> Option<&str> {
         self.inner.id.as_deref()
     }
 
+    /// A reconnection time (ms) set by `retry` since the previous dispatched event.
     #[getter]
     fn retry(&self) -> Option<u64> {
         self.inner.retry
@@ -67,11 +71,20 @@ impl SseEvent {
         PyBytes::new(py, &self.inner.to_wire())
     }
 
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other
-            .cast::<SseEvent>()
-            .map(|o| o.get().inner == self.inner)
-            .unwrap_or(false)
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> Py<PyAny> {
+        match other.cast::<SseEvent>() {
+            Ok(other) => PyBool::new(py, other.get().inner == self.inner)
+                .to_owned()
+                .into_any()
+                .unbind(),
+            Err(_) => py.NotImplemented(),
+        }
+    }
+
+    fn __hash__(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner.hash(&mut hasher);
+        hasher.finish()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -93,19 +106,26 @@ impl SseEvent {
     }
 }
 
-/// An incremental SSE parser. One per stream; `feed` each network chunk as it arrives.
+fn to_py(py: Python<'_>, events: Vec<core::Event>) -> Vec<SseEvent> {
+    events
+        .into_iter()
+        .map(|e| SseEvent::from_core(py, e))
+        .collect()
+}
+
+/// An incremental SSE parser, one per stream.
 ///
-/// The class is frozen (shareable across threads under free-threading); its mutable state sits
-/// behind a mutex that is never contended in practice, since one stream has one reader.
+/// Frozen, as every native class: its state sits behind a mutex, which is uncontended in
+/// practice (one stream has one reader) and keeps concurrent calls safe under free-threading.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct SseParser {
     inner: Mutex<core::SseParser>,
 }
 
 impl SseParser {
-    fn lock(&self) -> std::sync::MutexGuard<'_, core::SseParser> {
-        // A panic while parsing would poison the lock; the parser state is still consistent
-        // (each line is applied whole), so keep going rather than fail every later call.
+    fn lock(&self) -> MutexGuard<'_, core::SseParser> {
+        // The core does not panic; if it ever did, its state is still whole lines applied, so
+        // keep going rather than fail every later call on a poisoned lock.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -115,7 +135,7 @@ impl SseParser {
 #[pymethods]
 impl SseParser {
     #[new]
-    #[pyo3(signature = (max_line_bytes=1_048_576))]
+    #[pyo3(signature = (max_line_bytes=core::DEFAULT_MAX_LINE_BYTES))]
     fn new(max_line_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(core::SseParser::new(max_line_bytes)),
@@ -130,23 +150,23 @@ impl SseParser {
             self.lock().feed(chunk)
         }
         .map_err(sse_error)?;
-        Ok(events
-            .into_iter()
-            .map(|e| SseEvent::from_core(py, e))
-            .collect())
+        Ok(to_py(py, events))
     }
 
-    /// End of stream: discard an unfinished event (as the standard says) and reset. Returns
-    /// how many bytes were pending; 0 means the stream ended on an event boundary.
-    fn finish(&self) -> usize {
-        self.lock().finish()
+    /// End of stream: discard an unfinished event (never dispatched, as the standard says)
+    /// and reset for the event source's next response; the result is always empty.
+    fn finish(&self, py: Python<'_>) -> PyResult<Vec<SseEvent>> {
+        let events = self.lock().finish().map_err(sse_error)?;
+        Ok(to_py(py, events))
     }
 
+    /// The last event id as of the last dispatch: what a client sends as `Last-Event-ID`.
     #[getter]
     fn last_event_id(&self) -> Option<String> {
         self.lock().last_event_id().map(str::to_owned)
     }
 
+    /// The reconnection time in effect, in milliseconds.
     #[getter]
     fn retry(&self) -> Option<u64> {
         self.lock().retry()
