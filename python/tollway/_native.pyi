@@ -6,7 +6,12 @@ __version__: str
 
 @final
 class SseEvent:
-    """One server-sent event. Immutable; equal to another event with the same fields."""
+    """One server-sent event. Immutable and hashable; equal to another event with the same fields.
+
+    Built by `SseParser`, or by the gateway to forward translated events. The constructor raises
+    `tollway.errors.SseError` when `event` or `id` contains CR or LF (it would break the framing
+    on the wire) or `id` contains NUL (clients ignore such an id).
+    """
 
     def __init__(
         self, data: str, event: str | None = None, id: str | None = None, retry: int | None = None
@@ -16,35 +21,90 @@ class SseEvent:
         """The event type; `None` means the default type, `message`."""
     @property
     def data(self) -> str:
-        """The data lines joined with a newline."""
+        """The data lines joined with `\\n`."""
     @property
     def id(self) -> str | None:
-        """The `id` field of this event's own block (`""` resets the last event id)."""
+        """The last event id in effect when the event was dispatched (it persists across events)."""
     @property
     def retry(self) -> int | None:
-        """A `retry` value (milliseconds) given in this event's block."""
+        """A reconnection time (milliseconds) set by `retry` since the previous dispatched event."""
     def to_bytes(self) -> bytes:
-        """The event in canonical wire form, ending with a blank line."""
+        """The event in canonical wire form, ending with `b"\\n\\n"`.
+
+        `event: …` (when set and not empty), `id: …`, `retry: …` (when set), one `data: …` line per
+        line of `data` (CR, LF and CRLF all split lines), then a blank line.
+        """
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
 
 @final
 class SseParser:
     """Incremental parser with WHATWG event-stream semantics; one per stream.
 
-    Lines end with CR, LF or CRLF (also split across chunks); a leading BOM is skipped; chunks
-    may split anywhere, even inside a UTF-8 character.
+    Lines end with CR, LF or CRLF (also when split across chunks); one leading UTF-8 BOM is skipped;
+    chunks may be split anywhere, even inside a UTF-8 character (invalid UTF-8 becomes U+FFFD).
+    Safe to share between threads (calls are serialised). Large chunks (64 KiB and up) are parsed
+    with the GIL released.
     """
 
     def __init__(self, max_line_bytes: int = 1_048_576) -> None: ...
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Parse one chunk; return the events it completes.
 
-        Raises `tollway.errors.SseError` when a line exceeds `max_line_bytes`.
+        Raises `tollway.errors.SseError` when a line grows past `max_line_bytes` (checked as the
+        bytes arrive); the stream should then be abandoned.
         """
-    def finish(self) -> int:
-        """End of stream: discard an unfinished event and reset; return the bytes discarded."""
+    def finish(self) -> list[SseEvent]:
+        """End of stream: discard an unfinished event and reset for the event source's next response.
+
+        The standard never dispatches at end of stream (a last event without its blank line is
+        dropped), so the list is always empty. `last_event_id` and `retry` are kept.
+        """
     @property
     def last_event_id(self) -> str | None:
-        """The last event id in effect (persists across events)."""
+        """The last event id as of the last dispatch: what a client sends as `Last-Event-ID`."""
     @property
     def retry(self) -> int | None:
-        """The reconnection time the stream last asked for, in milliseconds."""
+        """The reconnection time the stream asked for, in milliseconds."""
+
+@final
+class TokenCounter:
+    """A tokenizer, chosen once by name and used per request.
+
+    `o200k_base` and `cl100k_base` count exactly (OpenAI's vocabularies, embedded at build time);
+    `anthropic` and `gemini` are documented approximations (a scaled `cl100k_base` count).
+    """
+
+    def __init__(self, encoding: str) -> None:
+        """Raises `tollway.errors.TokenizerError` for an unknown name."""
+    @property
+    def encoding(self) -> str: ...
+    @property
+    def exactness(self) -> str:
+        """`"exact"` or `"approximate"`: what this counter's counts of plain text are."""
+    def count(self, text: str) -> int:
+        """Tokens of a text (the GIL is released for long texts)."""
+    def encode(self, text: str) -> list[int] | None:
+        """Token ids of a text; `None` for approximate counters."""
+    def count_openai_chat(self, body: bytes) -> tuple[int, str]:
+        """Prompt tokens of an OpenAI chat-completions request body: `(tokens, exactness)`.
+
+        Follows OpenAI's published per-message rule; images and tools are estimated (then
+        `"approximate"`). Raises `tollway.errors.TokenCountError` for a body that is not a chat
+        request.
+        """
+    def count_anthropic_messages(self, body: bytes) -> tuple[int, str]:
+        """Prompt tokens of an Anthropic Messages request body; always `"approximate"`."""
+    def stream(self) -> StreamTokenCounter:
+        """A fresh running counter for one streamed answer."""
+
+@final
+class StreamTokenCounter:
+    """Running token count of a streamed answer; equals the count of the whole text so far."""
+
+    def push(self, delta: str) -> int:
+        """Add a text delta; returns the running count."""
+    @property
+    def total(self) -> int: ...
+    @property
+    def exactness(self) -> str: ...

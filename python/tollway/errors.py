@@ -24,5 +24,13 @@ class SseError(TollwayError, ValueError):
     """An event stream violated a limit of the parser (for example a line over the size cap)."""
 
 
+class TokenizerError(TollwayError, ValueError):
+    """A tokenizer name (or file) that cannot be used."""
+
+
+class TokenCountError(TollwayError, ValueError):
+    """A request body whose tokens cannot be counted (not the JSON a chat request is)."""
+
+
 class UpstreamError(TollwayError):
     """An upstream provider call failed; `kind` says how (see `tollway.upstream`)."""

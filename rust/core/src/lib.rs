@@ -2,6 +2,8 @@
 //! with `cargo test`; the PyO3 bindings live in the `tollway-py` crate.
 //!
 //! - [`sse`]: an incremental server-sent-events parser (WHATWG event-stream semantics).
+//! - [`tokens`]: exact BPE token counting, chat-aware counting, streamed-output counting.
 #![forbid(unsafe_code)]
 
 pub mod sse;
+pub mod tokens;

@@ -8,11 +8,14 @@ use pyo3::prelude::*;
 
 mod errors;
 mod sse;
+mod tokens;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sse::SseEvent>()?;
     m.add_class::<sse::SseParser>()?;
+    m.add_class::<tokens::TokenCounter>()?;
+    m.add_class::<tokens::StreamTokenCounter>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,205 @@
+//! Token counting: exact BPE counts for OpenAI's encodings, documented approximations for
+//! providers without a public tokenizer, chat-aware counting of a request's messages, and
+//! incremental counting of streamed output.
+//!
+//! # Crate choice
+//! BPE counting uses GitHub's `bpe-openai` (the `bpe` crate's linear-time algorithm with the
+//! `o200k_base` and `cl100k_base` vocabularies serialized into the crate at build time, so
+//! nothing is downloaded at run time). It counts without materializing token ids, and its
+//! results are tested upstream, and here (`tests/test_native_tokens.py`), against tiktoken
+//! loaded from the same vocabulary files.
+//!
+//! # Exactness
+//! Every count says whether it is [`Exactness::Exact`] or [`Exactness::Approximate`]:
+//! - `o200k_base` / `cl100k_base` counts of text are exact.
+//! - Chat counts follow OpenAI's published rule (3 tokens per message, 1 more per `name`, 3 to
+//!   prime the reply) and are exact for text-only messages; images, tool definitions and tool
+//!   calls are estimated (see [`chat`]) and make the count approximate.
+//! - [`Encoding::Approx`] (Anthropic, Gemini: no public tokenizer) is always approximate.
+
+pub mod chat;
+pub mod stream;
+
+use std::fmt;
+
+/// Errors of the token counters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// An encoding name that is not known.
+    #[error(
+        "unknown tokenizer `{0}`; expected `o200k_base`, `cl100k_base`, `anthropic` or `gemini`"
+    )]
+    UnknownEncoding(String),
+    /// A request body that is not the JSON the chat counter expects.
+    #[error("cannot count tokens of this request: {0}")]
+    InvalidRequest(String),
+}
+
+/// Whether a count is the provider's own tokenization or an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exactness {
+    Exact,
+    Approximate,
+}
+
+impl Exactness {
+    /// Exact only if both parts are exact.
+    pub fn and(self, other: Exactness) -> Exactness {
+        match (self, other) {
+            (Exactness::Exact, Exactness::Exact) => Exactness::Exact,
+            _ => Exactness::Approximate,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exactness::Exact => "exact",
+            Exactness::Approximate => "approximate",
+        }
+    }
+}
+
+/// A token count and how far to trust it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub tokens: u64,
+    pub exactness: Exactness,
+}
+
+/// How providers without a public tokenizer are estimated. The factor scales an exact
+/// `cl100k_base` count; it is a documented heuristic, never presented as exact.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Approximation {
+    /// Scale applied to the `cl100k_base` count (rounded up).
+    pub factor: f64,
+}
+
+/// Anthropic's Claude tokenizers are not public; on English prose and code they produce
+/// somewhat more tokens than `cl100k_base`. tollway estimates 1.15x, rounded up: an estimate
+/// that leans high, so budgets reserved on it rarely fall short.
+pub const ANTHROPIC_APPROXIMATION: Approximation = Approximation { factor: 1.15 };
+/// Gemini's tokenizer is not public either; its large SentencePiece vocabulary counts close to
+/// `cl100k_base` on English. tollway estimates 1.0x, rounded up.
+pub const GEMINI_APPROXIMATION: Approximation = Approximation { factor: 1.0 };
+
+/// A tokenizer: an exact BPE encoding or an approximation.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Encoding {
+    O200kBase,
+    Cl100kBase,
+    Approx(Approximation),
+}
+
+impl fmt::Debug for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Encoding {
+    /// Look up an encoding by the name used in configuration and the pricing catalog.
+    pub fn from_name(name: &str) -> Result<Self, TokenError> {
+        match name {
+            "o200k_base" => Ok(Encoding::O200kBase),
+            "cl100k_base" => Ok(Encoding::Cl100kBase),
+            "anthropic" => Ok(Encoding::Approx(ANTHROPIC_APPROXIMATION)),
+            "gemini" => Ok(Encoding::Approx(GEMINI_APPROXIMATION)),
+            other => Err(TokenError::UnknownEncoding(other.to_owned())),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Encoding::O200kBase => "o200k_base",
+            Encoding::Cl100kBase => "cl100k_base",
+            Encoding::Approx(a) if *a == ANTHROPIC_APPROXIMATION => "anthropic",
+            Encoding::Approx(a) if *a == GEMINI_APPROXIMATION => "gemini",
+            Encoding::Approx(_) => "approximate",
+        }
+    }
+
+    pub fn exactness(&self) -> Exactness {
+        match self {
+            Encoding::O200kBase | Encoding::Cl100kBase => Exactness::Exact,
+            Encoding::Approx(_) => Exactness::Approximate,
+        }
+    }
+
+    /// The tokenizer's raw count of `text`; see [`Encoding::count`] for the count with its
+    /// exactness.
+    pub fn count_tokens(&self, text: &str) -> u64 {
+        if text.is_empty() {
+            return 0;
+        }
+        match self {
+            Encoding::O200kBase => bpe_openai::o200k_base().count(text) as u64,
+            Encoding::Cl100kBase => bpe_openai::cl100k_base().count(text) as u64,
+            Encoding::Approx(a) => {
+                let base = bpe_openai::cl100k_base().count(text) as f64;
+                (base * a.factor).ceil() as u64
+            }
+        }
+    }
+
+    /// Count the tokens of a text.
+    pub fn count(&self, text: &str) -> Count {
+        Count {
+            tokens: self.count_tokens(text),
+            exactness: self.exactness(),
+        }
+    }
+
+    /// Token ids of a text (exact encodings only; used to check against other implementations).
+    pub fn encode(&self, text: &str) -> Option<Vec<u32>> {
+        match self {
+            Encoding::O200kBase => Some(bpe_openai::o200k_base().encode(text)),
+            Encoding::Cl100kBase => Some(bpe_openai::cl100k_base().encode(text)),
+            Encoding::Approx(_) => None,
+        }
+    }
+
+    /// Split text into the pre-tokenizer's pieces (BPE never merges across them).
+    pub(crate) fn pieces<'a>(&self, text: &'a str) -> Vec<&'a str> {
+        match self {
+            Encoding::O200kBase => bpe_openai::o200k_base().split(text).collect(),
+            Encoding::Cl100kBase | Encoding::Approx(_) => {
+                bpe_openai::cl100k_base().split(text).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_counts() {
+        // Reference counts from tiktoken for the same encodings.
+        assert_eq!(Encoding::O200kBase.count_tokens("Hello, world!"), 4);
+        assert_eq!(Encoding::Cl100kBase.count_tokens("Hello, world!"), 4);
+        assert_eq!(Encoding::Cl100kBase.count_tokens("tiktoken is great!"), 6);
+        assert_eq!(Encoding::O200kBase.count_tokens(""), 0);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for name in ["o200k_base", "cl100k_base", "anthropic", "gemini"] {
+            assert_eq!(Encoding::from_name(name).unwrap().name(), name);
+        }
+        assert_eq!(
+            Encoding::from_name("p50k").unwrap_err().to_string(),
+            "unknown tokenizer `p50k`; expected `o200k_base`, `cl100k_base`, `anthropic` or `gemini`"
+        );
+    }
+
+    #[test]
+    fn approximations_are_marked_and_lean_high() {
+        let text = "The quick brown fox jumps over the lazy dog.";
+        let exact = Encoding::Cl100kBase.count(text);
+        let approx = Encoding::from_name("anthropic").unwrap().count(text);
+        assert_eq!(exact.exactness, Exactness::Exact);
+        assert_eq!(approx.exactness, Exactness::Approximate);
+        assert!(approx.tokens >= exact.tokens);
+    }
+}
