@@ -108,3 +108,36 @@ class StreamTokenCounter:
     def total(self) -> int: ...
     @property
     def exactness(self) -> str: ...
+
+@final
+class PolicySet:
+    """Policy selectors compiled once into an index; `matches` says which policies apply.
+
+    `selectors[i]` is policy `i`'s list of `(attribute, operator, value, negate)` conditions, all
+    of which must hold. Attributes: `key`, `team`, `user`, `model`, `resolved_model`, `provider`,
+    `endpoint`, `tag` (operators `exact` with a string, `one_of` with a list, `glob` with `*`/`?`);
+    `ip` (`cidr` with a network or a list of them); `param:<name>` (`<`, `<=`, `>`, `>=`, `==`,
+    `!=` with a number). A condition on an absent attribute does not hold (its negation does).
+    Raises `tollway.errors.PolicyError` naming the policy and condition of a bad selector.
+    """
+
+    def __init__(self, selectors: list[list[tuple[str, str, str | list[str] | float, bool]]]) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def params(self) -> list[str]:
+        """The numeric parameters the selectors use, in the order `matches(params=...)` takes them."""
+    def matches(
+        self,
+        *,
+        key: str | None = None,
+        team: str | None = None,
+        user: str | None = None,
+        model: str | None = None,
+        resolved_model: str | None = None,
+        provider: str | None = None,
+        endpoint: str | None = None,
+        ip: str | None = None,
+        tags: list[str] = ...,
+        params: list[float | None] = ...,
+    ) -> list[int]:
+        """Indices of the matching policies, ascending (configuration order)."""

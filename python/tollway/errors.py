@@ -20,6 +20,10 @@ class ConfigError(TollwayError, ValueError):
         super().__init__("\n".join(problems) if problems else "invalid configuration")
 
 
+class PolicyError(TollwayError, ValueError):
+    """A policy selector that cannot be compiled (unknown attribute, wrong operator, bad value)."""
+
+
 class SseError(TollwayError, ValueError):
     """An event stream violated a limit of the parser (for example a line over the size cap)."""
 

@@ -1,8 +1,9 @@
 //! Core errors -> the exceptions defined in `python/tollway/errors.py`.
 
 use pyo3::PyErr;
-use tollway_core::{sse, tokens};
+use tollway_core::{policy, sse, tokens};
 
+pyo3::import_exception!(tollway.errors, PolicyError);
 pyo3::import_exception!(tollway.errors, SseError);
 pyo3::import_exception!(tollway.errors, TokenizerError);
 pyo3::import_exception!(tollway.errors, TokenCountError);
@@ -21,5 +22,15 @@ pub fn token_error(err: tokens::TokenError) -> PyErr {
     match err {
         tokens::TokenError::UnknownEncoding(_) => TokenizerError::new_err(err.to_string()),
         tokens::TokenError::InvalidRequest(_) => TokenCountError::new_err(err.to_string()),
+    }
+}
+
+/// A total match, as above.
+pub fn policy_error(err: policy::PolicyError) -> PyErr {
+    match err {
+        policy::PolicyError::UnknownAttribute { .. }
+        | policy::PolicyError::BadOperator { .. }
+        | policy::PolicyError::BadNetwork { .. }
+        | policy::PolicyError::BadValue { .. } => PolicyError::new_err(err.to_string()),
     }
 }

@@ -7,11 +7,13 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod policy;
 mod sse;
 mod tokens;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<policy::PolicySet>()?;
     m.add_class::<sse::SseEvent>()?;
     m.add_class::<sse::SseParser>()?;
     m.add_class::<tokens::TokenCounter>()?;
