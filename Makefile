@@ -9,7 +9,7 @@ CONFIG ?= examples/quickstart.toml
 DEPS_STAMP := $(VENV)/.deps-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build build-dev run test test-rust test-python lint fmt bench bench-native loadtest clean
+.PHONY: help venv build build-dev run test test-rust test-python lint fmt bench bench-native fuzz loadtest clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,15 @@ bench: build ## benchmarks: native vs Python, upstream client, end-to-end overhe
 
 bench-native: ## criterion benchmarks of the native kernels
 	cargo bench -p tollway-core
+
+FUZZ_SECONDS ?= 60
+fuzz: ## fuzz the SSE parser for FUZZ_SECONDS (installs cargo-fuzz; uses nightly if present)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd rust/core && if rustup toolchain list 2>/dev/null | grep -q nightly; then \
+		cargo +nightly fuzz run sse_chunking -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024; \
+	else \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none sse_chunking -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024; \
+	fi
 
 loadtest: build ## locust against the quickstart (start `make run` first)
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 32 -r 8 -t 30s --host http://127.0.0.1:8080
