@@ -5,6 +5,7 @@ very vocabulary files the native counter was built from (the `bpe-openai` crate 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import tiktoken
@@ -119,3 +120,61 @@ def test_errors_map_to_tollway_exceptions() -> None:
         TokenCounter("o200k_base").count_openai_chat(b"{")
     with pytest.raises(ValueError):
         TokenCounter("o200k_base").count_openai_chat(b'{"messages": 1}')
+
+
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Gateways count tokens so that budgets hold, even for open models served by vLLM.",
+    "Llama, Mistral and Qwen ship their tokenizers as tokenizer.json files.",
+] * 50
+
+
+def _train(kind: str, path: Path) -> Path:
+    """A small real tokenizer.json, trained here with Hugging Face's own library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind == "bytelevel":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:  # SentencePiece-style, as Llama 2 and Mistral: spaces become "▁", prefixed to the text
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(TRAINING_TEXT, trainer)
+    out = path / f"{kind}-tokenizer.json"
+    tok.save(str(out))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+def test_hugging_face_tokenizer_json(tmp_path: Path, kind: str) -> None:
+    from tokenizers import Tokenizer
+
+    path = _train(kind, tmp_path)
+    reference = Tokenizer.from_file(str(path))
+    counter = TokenCounter.from_file(str(path))
+    assert counter.exactness == "exact" and counter.encoding.startswith("hf:")
+    for text in [*CORPUS[:4], "Budgets hold for open models too. " * 30]:
+        assert counter.count(text) == len(reference.encode(text, add_special_tokens=False).ids), text[:40]
+    # Chat framing differs per model (chat templates): chat counts are approximate.
+    body = json.dumps({"messages": [{"role": "user", "content": "hello fox"}]}).encode()
+    assert counter.count_openai_chat(body)[1] == "approximate"
+    # Streamed: estimated between recounts, exact at the end.
+    answer = "The lazy dog sleeps while the quick fox counts tokens. " * 20
+    deltas = [word + " " for word in answer.split(" ")]
+    stream = counter.stream()
+    for delta in deltas:
+        stream.push(delta)
+    assert stream.finish() == counter.count("".join(deltas))
+    assert stream.exactness == "exact"
+
+
+def test_unloadable_tokenizer_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="cannot load tokenizer"):
+        TokenCounter.from_file(str(tmp_path / "bad.json"))
+    with pytest.raises(TokenizerError):
+        TokenCounter.from_file(str(tmp_path / "missing.json"))

@@ -77,6 +77,11 @@ class TokenCounter:
 
     def __init__(self, encoding: str) -> None:
         """Raises `tollway.errors.TokenizerError` for an unknown name."""
+    @staticmethod
+    def from_file(path: str) -> TokenCounter:
+        """A counter from a Hugging Face `tokenizer.json` (open models): exact counts of text,
+        approximate chat counts (each model has its own chat template). Raises
+        `tollway.errors.TokenizerError` if the file cannot be loaded."""
     @property
     def encoding(self) -> str: ...
     @property
@@ -100,14 +105,19 @@ class TokenCounter:
 
 @final
 class StreamTokenCounter:
-    """Running token count of a streamed answer; equals the count of the whole text so far."""
+    """Running token count of a streamed answer."""
 
     def push(self, delta: str) -> int:
         """Add a text delta; returns the running count."""
     @property
-    def total(self) -> int: ...
+    def total(self) -> int:
+        """The running count. For `tokenizer.json` counters it is recounted exactly once the
+        uncounted text reaches a tenth of the whole, and estimated (4 bytes a token) between."""
+    def finish(self) -> int:
+        """The exact count of everything pushed."""
     @property
-    def exactness(self) -> str: ...
+    def exactness(self) -> str:
+        """`"exact"` when `total` is the tokenizer's own count of all the text so far."""
 
 @final
 class PolicySet:

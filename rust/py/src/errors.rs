@@ -20,7 +20,9 @@ pub fn sse_error(err: sse::SseError) -> PyErr {
 /// A total match, as above.
 pub fn token_error(err: tokens::TokenError) -> PyErr {
     match err {
-        tokens::TokenError::UnknownEncoding(_) => TokenizerError::new_err(err.to_string()),
+        tokens::TokenError::UnknownEncoding(_) | tokens::TokenError::Load { .. } => {
+            TokenizerError::new_err(err.to_string())
+        }
         tokens::TokenError::InvalidRequest(_) => TokenCountError::new_err(err.to_string()),
     }
 }

@@ -1,9 +1,12 @@
 //! Token counting for Python: `TokenCounter`, `StreamTokenCounter`.
 
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use tollway_core::tokens::{self as core, chat, stream, Count, Encoding};
+use tollway_core::tokens::hf::HfTokenizer;
+use tollway_core::tokens::stream::{RecountingCounter, StreamCounter};
+use tollway_core::tokens::{chat, Count, Encoding, Exactness, TextCounter};
 
 use crate::errors::token_error;
 
@@ -15,10 +18,25 @@ fn pair(count: Count) -> (u64, &'static str) {
     (count.tokens, count.exactness.as_str())
 }
 
+#[derive(Clone)]
+enum Inner {
+    Builtin(Encoding),
+    Hf(Arc<HfTokenizer>),
+}
+
+impl Inner {
+    fn counter(&self) -> &dyn TextCounter {
+        match self {
+            Inner::Builtin(encoding) => encoding,
+            Inner::Hf(tokenizer) => tokenizer.as_ref(),
+        }
+    }
+}
+
 /// A tokenizer chosen once (from configuration or the pricing catalog), used per request.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct TokenCounter {
-    encoding: Encoding,
+    inner: Inner,
 }
 
 #[pymethods]
@@ -26,41 +44,60 @@ impl TokenCounter {
     #[new]
     fn new(encoding: &str) -> PyResult<Self> {
         Ok(Self {
-            encoding: Encoding::from_name(encoding).map_err(token_error)?,
+            inner: Inner::Builtin(Encoding::from_name(encoding).map_err(token_error)?),
+        })
+    }
+
+    /// A counter from a Hugging Face `tokenizer.json` file.
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let tokenizer = py
+            .detach(|| HfTokenizer::from_file(&path))
+            .map_err(token_error)?;
+        Ok(Self {
+            inner: Inner::Hf(Arc::new(tokenizer)),
         })
     }
 
     #[getter]
-    fn encoding(&self) -> &'static str {
-        self.encoding.name()
+    fn encoding(&self) -> String {
+        match &self.inner {
+            Inner::Builtin(encoding) => encoding.name().to_owned(),
+            Inner::Hf(tokenizer) => tokenizer.name().to_owned(),
+        }
     }
 
-    /// `"exact"` or `"approximate"`: what counts of plain text from this counter are.
+    /// `"exact"` or `"approximate"`: what this counter's counts of plain text are.
     #[getter]
     fn exactness(&self) -> &'static str {
-        self.encoding.exactness().as_str()
+        self.inner.counter().exactness().as_str()
     }
 
     /// Tokens of a text.
     fn count(&self, py: Python<'_>, text: &str) -> u64 {
+        let counter = self.inner.counter();
         if text.len() >= DETACH_THRESHOLD {
-            py.detach(|| self.encoding.count_tokens(text))
+            py.detach(|| counter.count_tokens(text))
         } else {
-            self.encoding.count_tokens(text)
+            counter.count_tokens(text)
         }
     }
 
-    /// Token ids of a text (exact encodings only, else `None`).
+    /// Token ids of a text (OpenAI encodings only, else `None`).
     fn encode(&self, py: Python<'_>, text: &str) -> Option<Vec<u32>> {
-        py.detach(|| self.encoding.encode(text))
+        match &self.inner {
+            Inner::Builtin(encoding) => py.detach(|| encoding.encode(text)),
+            Inner::Hf(_) => None,
+        }
     }
 
     /// Prompt tokens of an OpenAI chat-completions request body: `(tokens, exactness)`.
     fn count_openai_chat(&self, py: Python<'_>, body: &[u8]) -> PyResult<(u64, &'static str)> {
+        let counter = self.inner.counter();
         let counted = if body.len() >= DETACH_THRESHOLD {
-            py.detach(|| chat::count_openai_chat(&self.encoding, body))
+            py.detach(|| chat::count_openai_chat(counter, body))
         } else {
-            chat::count_openai_chat(&self.encoding, body)
+            chat::count_openai_chat(counter, body)
         };
         counted.map(pair).map_err(token_error)
     }
@@ -71,54 +108,90 @@ impl TokenCounter {
         py: Python<'_>,
         body: &[u8],
     ) -> PyResult<(u64, &'static str)> {
+        let counter = self.inner.counter();
         let counted = if body.len() >= DETACH_THRESHOLD {
-            py.detach(|| chat::count_anthropic_messages(&self.encoding, body))
+            py.detach(|| chat::count_anthropic_messages(counter, body))
         } else {
-            chat::count_anthropic_messages(&self.encoding, body)
+            chat::count_anthropic_messages(counter, body)
         };
         counted.map(pair).map_err(token_error)
     }
 
     /// A fresh counter for one streamed answer.
     fn stream(&self) -> StreamTokenCounter {
+        let inner = match &self.inner {
+            Inner::Builtin(encoding) => Running::Pieces(StreamCounter::new(*encoding)),
+            Inner::Hf(tokenizer) => Running::Recount(RecountingCounter::new(tokenizer.clone())),
+        };
         StreamTokenCounter {
-            inner: Mutex::new(stream::StreamCounter::new(self.encoding)),
-            exactness: self.encoding.exactness(),
+            inner: Mutex::new(inner),
+            exactness: self.inner.counter().exactness(),
         }
     }
 
     fn __repr__(&self) -> String {
-        format!("TokenCounter({:?})", self.encoding.name())
+        format!("TokenCounter({:?})", self.encoding())
     }
+}
+
+enum Running {
+    Pieces(StreamCounter),
+    Recount(RecountingCounter<Arc<HfTokenizer>>),
 }
 
 /// Running count of a streamed answer: `push` each text delta as it passes.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct StreamTokenCounter {
-    inner: Mutex<stream::StreamCounter>,
-    exactness: core::Exactness,
+    inner: Mutex<Running>,
+    exactness: Exactness,
+}
+
+impl StreamTokenCounter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[pymethods]
 impl StreamTokenCounter {
     /// Add a text delta; returns the running count.
     fn push(&self, delta: &str) -> u64 {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(delta)
+        match &mut *self.lock() {
+            Running::Pieces(counter) => counter.push(delta),
+            Running::Recount(counter) => counter.push(delta),
+        }
     }
 
+    /// The running count (see `exactness`).
     #[getter]
     fn total(&self) -> u64 {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .total()
+        match &*self.lock() {
+            Running::Pieces(counter) => counter.total(),
+            Running::Recount(counter) => counter.total(),
+        }
     }
 
+    /// The exact count of everything pushed (recounts if the running count was estimated).
+    fn finish(&self, py: Python<'_>) -> u64 {
+        py.detach(|| match &mut *self.lock() {
+            Running::Pieces(counter) => counter.total(),
+            Running::Recount(counter) => counter.finish(),
+        })
+    }
+
+    /// `"exact"` when `total` is the tokenizer's count of all the text so far.
     #[getter]
     fn exactness(&self) -> &'static str {
-        self.exactness.as_str()
+        let running_exact = match &*self.lock() {
+            Running::Pieces(_) => true,
+            Running::Recount(counter) => counter.is_exact(),
+        };
+        if running_exact {
+            self.exactness.as_str()
+        } else {
+            Exactness::Approximate.as_str()
+        }
     }
 }

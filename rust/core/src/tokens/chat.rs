@@ -24,7 +24,7 @@
 
 use serde_json::Value;
 
-use super::{Count, Encoding, Exactness, TokenError};
+use super::{Count, Exactness, TextCounter, TokenError};
 
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_NAME: u64 = 1;
@@ -37,17 +37,22 @@ const TOKENS_PER_TOOL_CALL: u64 = 3;
 const ANTHROPIC_IMAGE: u64 = 1600;
 
 struct Tally<'e> {
-    encoding: &'e Encoding,
+    encoding: &'e dyn TextCounter,
     tokens: u64,
     exactness: Exactness,
 }
 
 impl<'e> Tally<'e> {
-    fn new(encoding: &'e Encoding) -> Self {
+    fn new(encoding: &'e dyn TextCounter) -> Self {
+        let framing = if encoding.openai_framing() {
+            Exactness::Exact
+        } else {
+            Exactness::Approximate
+        };
         Self {
             encoding,
             tokens: 0,
-            exactness: encoding.exactness(),
+            exactness: encoding.exactness().and(framing),
         }
     }
 
@@ -95,7 +100,7 @@ fn messages(request: &serde_json::Map<String, Value>) -> Result<&Vec<Value>, Tok
 }
 
 /// Prompt tokens of an OpenAI chat-completions request body.
-pub fn count_openai_chat(encoding: &Encoding, body: &[u8]) -> Result<Count, TokenError> {
+pub fn count_openai_chat(encoding: &dyn TextCounter, body: &[u8]) -> Result<Count, TokenError> {
     let request = parse(body)?;
     let mut tally = Tally::new(encoding);
     for message in messages(&request)? {
@@ -187,7 +192,10 @@ fn openai_parts(tally: &mut Tally<'_>, parts: &[Value]) {
 }
 
 /// Prompt tokens of an Anthropic Messages request body (always approximate).
-pub fn count_anthropic_messages(encoding: &Encoding, body: &[u8]) -> Result<Count, TokenError> {
+pub fn count_anthropic_messages(
+    encoding: &dyn TextCounter,
+    body: &[u8],
+) -> Result<Count, TokenError> {
     let request = parse(body)?;
     let mut tally = Tally::new(encoding);
     tally.exactness = Exactness::Approximate;
@@ -249,6 +257,7 @@ fn anthropic_blocks(tally: &mut Tally<'_>, blocks: &[Value]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::Encoding;
 
     fn count(body: &str) -> Count {
         count_openai_chat(&Encoding::O200kBase, body.as_bytes()).unwrap()

@@ -16,8 +16,11 @@
 //!   prime the reply) and are exact for text-only messages; images, tool definitions and tool
 //!   calls are estimated (see [`chat`]) and make the count approximate.
 //! - [`Encoding::Approx`] (Anthropic, Gemini: no public tokenizer) is always approximate.
+//! - [`hf::HfTokenizer`] (a `tokenizer.json` of an open model) counts text exactly; its chat
+//!   counts are approximate (each model has its own chat template).
 
 pub mod chat;
+pub mod hf;
 pub mod stream;
 
 use std::fmt;
@@ -33,6 +36,48 @@ pub enum TokenError {
     /// A request body that is not the JSON the chat counter expects.
     #[error("cannot count tokens of this request: {0}")]
     InvalidRequest(String),
+    /// A tokenizer file that cannot be loaded.
+    #[error("cannot load tokenizer `{path}`: {reason}")]
+    Load { path: String, reason: String },
+}
+
+/// What the chat and stream counters need of a tokenizer.
+pub trait TextCounter: Send + Sync {
+    /// Tokens of a text, without special tokens.
+    fn count_tokens(&self, text: &str) -> u64;
+    /// Whether counts of plain text are the provider's own.
+    fn exactness(&self) -> Exactness;
+    /// Whether OpenAI's published per-message framing applies (only to OpenAI's encodings);
+    /// otherwise chat counts are approximate whatever the text counts are.
+    fn openai_framing(&self) -> bool;
+}
+
+impl<T: TextCounter + ?Sized> TextCounter for std::sync::Arc<T> {
+    fn count_tokens(&self, text: &str) -> u64 {
+        (**self).count_tokens(text)
+    }
+
+    fn exactness(&self) -> Exactness {
+        (**self).exactness()
+    }
+
+    fn openai_framing(&self) -> bool {
+        (**self).openai_framing()
+    }
+}
+
+impl TextCounter for Encoding {
+    fn count_tokens(&self, text: &str) -> u64 {
+        Encoding::count_tokens(self, text)
+    }
+
+    fn exactness(&self) -> Exactness {
+        Encoding::exactness(self)
+    }
+
+    fn openai_framing(&self) -> bool {
+        !matches!(self, Encoding::Approx(_))
+    }
 }
 
 /// Whether a count is the provider's own tokenization or an estimate.

@@ -11,7 +11,7 @@
 //! The tail is short in real text; a single piece that never ends (megabytes of letters with
 //! no space or punctuation) stays in the tail and is recounted per delta.
 
-use super::{Count, Encoding};
+use super::{Count, Encoding, TextCounter};
 
 /// Commit pieces only once the tail is at least this long: small deltas just append.
 const SPLIT_AT: usize = 256;
@@ -70,10 +70,78 @@ impl StreamCounter {
     }
 }
 
+/// Running count for tokenizers whose pieces cannot be counted apart (Hugging Face
+/// tokenizers: a SentencePiece normalizer may prefix each piece, so the sum of the pieces is not
+/// the count of the whole). It recounts the whole text once the uncounted part reaches a tenth
+/// of it (at least 256 bytes), so the total work stays linear in the output; between recounts the
+/// uncounted bytes are estimated at 4 per token, and [`RecountingCounter::finish`] gives the
+/// exact count.
+#[derive(Debug)]
+pub struct RecountingCounter<T: TextCounter> {
+    tokenizer: T,
+    text: String,
+    counted_len: usize,
+    counted: u64,
+}
+
+impl<T: TextCounter> RecountingCounter<T> {
+    pub fn new(tokenizer: T) -> Self {
+        Self {
+            tokenizer,
+            text: String::new(),
+            counted_len: 0,
+            counted: 0,
+        }
+    }
+
+    /// Add a delta; returns the running count (exact at each recount, estimated between).
+    pub fn push(&mut self, delta: &str) -> u64 {
+        self.text.push_str(delta);
+        let pending = self.text.len() - self.counted_len;
+        if pending >= SPLIT_AT.max(self.text.len() / 10) {
+            self.recount();
+        }
+        self.total()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counted + (self.text.len() - self.counted_len).div_ceil(4) as u64
+    }
+
+    /// Whether [`RecountingCounter::total`] is the tokenizer's count of all the text.
+    pub fn is_exact(&self) -> bool {
+        self.counted_len == self.text.len()
+    }
+
+    /// The exact count of everything pushed.
+    pub fn finish(&mut self) -> u64 {
+        if !self.is_exact() {
+            self.recount();
+        }
+        self.counted
+    }
+
+    fn recount(&mut self) {
+        self.counted = self.tokenizer.count_tokens(&self.text);
+        self.counted_len = self.text.len();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn recounting_counter_is_exact_at_finish() {
+        let mut counter = RecountingCounter::new(Encoding::Cl100kBase);
+        let text = "Streaming answers arrive in small deltas, word by word. ".repeat(40);
+        for piece in text.split_inclusive(' ') {
+            counter.push(piece);
+        }
+        assert_eq!(counter.finish(), Encoding::Cl100kBase.count_tokens(&text));
+        assert!(counter.is_exact());
+    }
 
     #[test]
     fn running_count_matches_whole_text() {
