@@ -130,9 +130,10 @@ class OpenAIAdapter(ProviderAdapter):
                         done = True
                     elif '"usage":{' in data or '"usage": {' in data:
                         parsed = orjson.loads(data)
-                        usage = usage_from_openai(parsed.get("usage")) or usage
-                        if injected and not parsed.get("choices"):
-                            continue  # the usage-only chunk the client did not ask for
+                        if isinstance(parsed, dict):
+                            usage = usage_from_openai(parsed.get("usage")) or usage
+                            if injected and not parsed.get("choices"):
+                                continue  # the usage-only chunk the client did not ask for
                     elif injected and _USAGE_NULL in data:
                         out.append(b"data: " + data.replace(_USAGE_NULL, "").encode() + b"\n\n")
                         continue

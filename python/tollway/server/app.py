@@ -335,6 +335,14 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await sink.send(error.openai_event(call.request_id))
             return None
+        except Exception:
+            if not sink.started:
+                raise  # answered as a 500 by `__rsgi__`
+            log.exception("internal error mid-stream (request %s)", call.request_id)
+            internal = ApiError(500, "server_error", "internal_error", "the gateway failed mid-stream")
+            with contextlib.suppress(Exception):
+                await sink.send(internal.openai_event(call.request_id))
+            return None
         finally:
             gone.remove_done_callback(on_gone)
             gone.cancel()
