@@ -6,12 +6,7 @@ use std::hint::black_box;
 use tollway_core::policy::{Condition, PolicySet, Request, Value};
 
 fn cond(attribute: &str, operator: &str, value: Value) -> Condition {
-    Condition {
-        attribute: attribute.into(),
-        operator: operator.into(),
-        value,
-        negate: false,
-    }
+    Condition::new(attribute, operator, value)
 }
 
 fn policies(n: usize) -> Vec<Vec<Condition>> {

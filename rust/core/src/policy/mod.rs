@@ -148,6 +148,18 @@ pub struct Condition {
     pub negate: bool,
 }
 
+impl Condition {
+    /// A condition that is not negated.
+    pub fn new(attribute: &str, operator: &str, value: Value) -> Self {
+        Self {
+            attribute: attribute.into(),
+            operator: operator.into(),
+            value,
+            negate: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Strings {
     Exact(String),

@@ -2,12 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn cond(attribute: &str, operator: &str, value: Value) -> Condition {
-    Condition {
-        attribute: attribute.into(),
-        operator: operator.into(),
-        value,
-        negate: false,
-    }
+    Condition::new(attribute, operator, value)
 }
 
 fn not(mut c: Condition) -> Condition {

@@ -70,6 +70,21 @@ impl<'e> Tally<'e> {
         self.exactness = Exactness::Approximate;
     }
 
+    /// A tool (function) definition: its name, description and JSON schema, plus framing.
+    fn function(&mut self, function: &Value, schema_key: &str) {
+        self.estimate(TOKENS_PER_FUNCTION);
+        self.text(function.get("name").and_then(Value::as_str).unwrap_or(""));
+        self.text(
+            function
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        );
+        if let Some(schema) = function.get(schema_key) {
+            self.json(schema);
+        }
+    }
+
     fn done(self) -> Count {
         Count {
             tokens: self.tokens,
@@ -148,17 +163,7 @@ pub fn count_openai_chat(encoding: &dyn TextCounter, body: &[u8]) -> Result<Coun
     if !functions.is_empty() {
         tally.estimate(TOOLS_OVERHEAD);
         for function in functions {
-            tally.estimate(TOKENS_PER_FUNCTION);
-            tally.text(function.get("name").and_then(Value::as_str).unwrap_or(""));
-            tally.text(
-                function
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or(""),
-            );
-            if let Some(parameters) = function.get("parameters") {
-                tally.json(parameters);
-            }
+            tally.function(function, "parameters");
         }
     }
     if let Some(schema) = request
@@ -215,16 +220,7 @@ pub fn count_anthropic_messages(
     if let Some(Value::Array(tools)) = request.get("tools") {
         tally.estimate(TOOLS_OVERHEAD);
         for tool in tools {
-            tally.estimate(TOKENS_PER_FUNCTION);
-            tally.text(tool.get("name").and_then(Value::as_str).unwrap_or(""));
-            tally.text(
-                tool.get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or(""),
-            );
-            if let Some(schema) = tool.get("input_schema") {
-                tally.json(schema);
-            }
+            tally.function(tool, "input_schema");
         }
     }
     Ok(tally.done())
