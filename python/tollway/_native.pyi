@@ -151,3 +151,190 @@ class PolicySet:
         params: list[float | None] = ...,
     ) -> list[int]:
         """Indices of the matching policies, ascending (configuration order)."""
+
+# Limiters (`rust/core/src/limiter/`). Every per-request method takes `now` in seconds since the
+# Unix epoch (float; rounded to the nearest millisecond) or `None` for the system clock. Time
+# never goes back inside a limiter: an earlier `now` than one already seen counts as that one.
+# Amounts are integers: requests, tokens, or micro-USD for money (1 USD = 1_000_000). Limiters
+# are safe to share between threads (each call holds the limiter's lock for well under 1 us).
+
+@final
+class Grant:
+    """An admission."""
+
+    @property
+    def id(self) -> int | None:
+        """The reservation or lease to `settle`/`release` (never 0); `None` for `RateLimiter`."""
+    @property
+    def remaining(self) -> int:
+        """What is left after this admission (rounded down): for `x-ratelimit-remaining-*`."""
+    @property
+    def reset_after(self) -> float:
+        """Seconds until the limit is whole again: the bucket full (rates), the window's end
+        (calendar budgets), the oldest usage leaving the window (rolling budgets), this lease's
+        expiry (concurrency)."""
+
+@final
+class Denial:
+    """A refusal, with the numbers that explain it. Not an exception: limits say no all the time."""
+
+    @property
+    def kind(self) -> str:
+        """`"rate"`, `"tokens"`, `"concurrency"` or `"budget"`."""
+    @property
+    def limit(self) -> int:
+        """The limit: per `window_seconds` for rates and budgets, in flight for concurrency."""
+    @property
+    def window_seconds(self) -> float | None:
+        """The rate's period, or the current budget window's length (a month is 28 to 31 days);
+        `None` for concurrency."""
+    @property
+    def burst(self) -> int:
+        """The most that can be admitted at once: a rate's burst (bucket capacity); `limit` otherwise."""
+    @property
+    def used(self) -> int:
+        """What is in use now, compared with `burst`; above it when settlements went into debt."""
+    @property
+    def requested(self) -> int:
+        """The amount asked for."""
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until retrying can succeed: when the bucket will hold the amount (exact when
+        nothing is reserved; assuming reservations settle at their estimates otherwise), when a
+        calendar budget resets, when enough usage leaves a rolling window, when the oldest lease
+        expires (an upper bound). `None` when waiting cannot help: `requested` exceeds `burst`."""
+
+@final
+class RateLimiter:
+    """Request-rate limiting with GCRA: `limit` requests per `period` seconds, at most `burst` at once
+    (default `limit`), then one every `period / limit`. Exact integer arithmetic (no drift).
+
+    Keys beyond `max_keys` evict the least-recently-used key, which comes back as a fresh (full)
+    bucket; keys whose bucket is full and that were unused for a second are dropped as they go.
+    Raises `tollway.errors.LimiterConfigError` for a limit, period (whole milliseconds, at most
+    2^40 ms) or burst of zero.
+    """
+
+    def __init__(self, limit: int, period: float, burst: int | None = None, *, max_keys: int = 100_000) -> None: ...
+    def check(self, key: str, amount: int = 1, now: float | None = None) -> Grant | Denial:
+        """Admit `amount` requests (usually 1) for `key`, or say why not. Admissions are final."""
+    def used(self, key: str, now: float | None = None) -> int:
+        """Requests counted against `key` now (0 for an unknown key)."""
+    def __len__(self) -> int:
+        """Keys held."""
+
+@final
+class TokenBucket:
+    """Token-rate limiting: `limit` tokens per `period` seconds, holding up to `burst` (the capacity,
+    default `limit`); a request costs any amount, reserved before the upstream call and settled after.
+
+    `reserve` takes the estimate and holds it (while held, the refill stops at `burst - held`).
+    `settle` replaces it by the actual usage: refunds the difference, or takes the excess even
+    below zero (debt that later requests wait out). `release` gives it all back. A reservation
+    neither settled nor released within `reservation_ttl` seconds expires: its estimate stays
+    spent. Over any interval the admitted reservations account for at most `burst + interval *
+    limit / period`; actual usage can exceed that by the settled excesses (then carried as debt).
+    Key eviction as for `RateLimiter` (a settlement whose key was evicted drops its refund and
+    still charges its excess).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        period: float,
+        burst: int | None = None,
+        *,
+        reservation_ttl: float = 600.0,
+        max_keys: int = 100_000,
+    ) -> None: ...
+    def reserve(self, key: str, estimate: int, now: float | None = None) -> Grant | Denial:
+        """Take and hold `estimate` tokens for `key`, or say why not."""
+    def settle(self, id: int, actual: int, now: float | None = None) -> bool:
+        """Replace a reservation's estimate by the `actual` usage. `False` if the id is unknown
+        (settled, released, or expired: then the estimate stays spent; `debit` any excess)."""
+    def release(self, id: int, now: float | None = None) -> bool:
+        """Give a reservation's estimate back (the request failed). `False` if the id is unknown."""
+    def debit(self, key: str, amount: int, now: float | None = None) -> None:
+        """Charge usage that had no reservation, into debt if need be."""
+    def used(self, key: str, now: float | None = None) -> int:
+        """Tokens in use for `key` now, held ones included (0 for an unknown key)."""
+    @property
+    def reservations(self) -> int:
+        """Reservations outstanding."""
+    def __len__(self) -> int:
+        """Keys held."""
+
+@final
+class ConcurrencyLimiter:
+    """At most `limit` requests in flight per key. A lease never released expires after `lease_ttl`
+    seconds (choose it above the request timeout: an expired lease frees its slot).
+
+    Keys with leases in flight are never evicted: beyond `max_keys` such keys, `acquire` raises
+    `tollway.errors.LimiterFullError`.
+    """
+
+    def __init__(self, limit: int, *, lease_ttl: float = 600.0, max_keys: int = 100_000) -> None: ...
+    def acquire(self, key: str, now: float | None = None) -> Grant | Denial:
+        """Take a lease for `key`, or say why not (`retry_after`: when the oldest lease expires)."""
+    def release(self, id: int, now: float | None = None) -> bool:
+        """End a lease. `False` if it is unknown (already released, or expired)."""
+    def used(self, key: str, now: float | None = None) -> int:
+        """Leases in flight for `key`."""
+    @property
+    def leases(self) -> int:
+        """Leases outstanding, all keys together."""
+    def __len__(self) -> int:
+        """Keys held."""
+
+@final
+class BudgetWindow:
+    """Usage caps per window, in tokens or integer micro-USD: a reservation is admitted while
+    `used + estimate <= limit`.
+
+    Settling refunds the difference to the window the estimate was charged to (if it still
+    counts) and charges any excess to the current window; releasing refunds the estimate (same
+    rule); an expired reservation stays charged. Keys with usage in the current window or with
+    reservations outstanding are never evicted: beyond `max_keys` such keys, calls that need a new
+    key raise `tollway.errors.LimiterFullError`.
+    """
+
+    @staticmethod
+    def calendar(
+        limit: int,
+        period: str,
+        *,
+        utc_offset: int = 0,
+        reservation_ttl: float = 600.0,
+        max_keys: int = 100_000,
+    ) -> BudgetWindow:
+        """`limit` per calendar `"day"`, `"week"` (from Monday 00:00) or `"month"`, on a wall clock
+        `utc_offset` seconds east of UTC (`+02:00` is 7200; fixed, no daylight saving time).
+        Usage resets to zero at each boundary."""
+    @staticmethod
+    def rolling(
+        limit: int,
+        window: float,
+        buckets: int = 60,
+        *,
+        reservation_ttl: float = 600.0,
+        max_keys: int = 100_000,
+    ) -> BudgetWindow:
+        """`limit` per rolling `window` seconds, kept in `buckets` sub-buckets (at most 4096; they
+        must divide the window in whole milliseconds). A charge counts for at least `window` and
+        at most `window + window / buckets` seconds: never forgotten early."""
+    def reserve(self, key: str, estimate: int, now: float | None = None) -> Grant | Denial:
+        """Charge `estimate` to `key`'s current window if it fits, or say why not."""
+    def settle(self, id: int, actual: int, now: float | None = None) -> bool:
+        """Replace a reservation's estimate by the `actual` usage. `False` if the id is unknown
+        (settled, released, or expired: then the estimate stays charged; `debit` any excess)."""
+    def release(self, id: int, now: float | None = None) -> bool:
+        """Refund a reservation's estimate (the request failed). `False` if the id is unknown."""
+    def debit(self, key: str, amount: int, now: float | None = None) -> None:
+        """Charge usage that had no reservation to `key`'s current window."""
+    def used(self, key: str, now: float | None = None) -> int:
+        """Usage counted for `key` now (0 for an unknown key)."""
+    @property
+    def reservations(self) -> int:
+        """Reservations outstanding."""
+    def __len__(self) -> int:
+        """Keys held."""

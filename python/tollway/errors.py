@@ -36,5 +36,15 @@ class TokenCountError(TollwayError, ValueError):
     """A request body whose tokens cannot be counted (not the JSON a chat request is)."""
 
 
+class LimiterConfigError(TollwayError, ValueError):
+    """A limiter or budget configured with numbers it cannot use (a zero period or burst, a rolling
+    window its bucket count does not divide, a UTC offset of a day or more, an unknown period name)."""
+
+
+class LimiterFullError(TollwayError, RuntimeError):
+    """A limiter holds `max_keys` keys, none of which may be evicted (usage in the current budget
+    window, or leases in flight), so it cannot take a new key. The call is refused (fail closed)."""
+
+
 class UpstreamError(TollwayError):
     """An upstream provider call failed; `kind` says how (see `tollway.upstream`)."""

@@ -1,12 +1,14 @@
 //! Core errors -> the exceptions defined in `python/tollway/errors.py`.
 
 use pyo3::PyErr;
-use tollway_core::{policy, sse, tokens};
+use tollway_core::{limiter, policy, sse, tokens};
 
 pyo3::import_exception!(tollway.errors, PolicyError);
 pyo3::import_exception!(tollway.errors, SseError);
 pyo3::import_exception!(tollway.errors, TokenizerError);
 pyo3::import_exception!(tollway.errors, TokenCountError);
+pyo3::import_exception!(tollway.errors, LimiterConfigError);
+pyo3::import_exception!(tollway.errors, LimiterFullError);
 
 /// A total match: a new core error variant must be given its Python exception here.
 pub fn sse_error(err: sse::SseError) -> PyErr {
@@ -34,5 +36,13 @@ pub fn policy_error(err: policy::PolicyError) -> PyErr {
         | policy::PolicyError::BadOperator { .. }
         | policy::PolicyError::BadNetwork { .. }
         | policy::PolicyError::BadValue { .. } => PolicyError::new_err(err.to_string()),
+    }
+}
+
+/// A total match, as above.
+pub fn limiter_error(err: limiter::LimiterError) -> PyErr {
+    match err {
+        limiter::LimiterError::InvalidConfig { .. } => LimiterConfigError::new_err(err.to_string()),
+        limiter::LimiterError::TooManyKeys { .. } => LimiterFullError::new_err(err.to_string()),
     }
 }

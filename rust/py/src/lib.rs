@@ -7,12 +7,19 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod limiter;
 mod policy;
 mod sse;
 mod tokens;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<limiter::RateLimiter>()?;
+    m.add_class::<limiter::TokenBucket>()?;
+    m.add_class::<limiter::ConcurrencyLimiter>()?;
+    m.add_class::<limiter::BudgetWindow>()?;
+    m.add_class::<limiter::Grant>()?;
+    m.add_class::<limiter::Denial>()?;
     m.add_class::<policy::PolicySet>()?;
     m.add_class::<sse::SseEvent>()?;
     m.add_class::<sse::SseParser>()?;
