@@ -8,11 +8,24 @@ from typing import Any
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one request, by type, in the OpenAI sense of each field:
+
+    - `prompt_tokens`: every input token, cached ones included (`cached_tokens` and
+      `cache_write_tokens` are parts of it, priced differently);
+    - `completion_tokens`: every output token, reasoning ones included (`reasoning_tokens` is a
+      part of it).
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Input tokens read from the provider's prompt cache.
     cached_tokens: int = 0
+    # Input tokens written to the provider's prompt cache (Anthropic's cache_creation_input_tokens).
+    cache_write_tokens: int = 0
     reasoning_tokens: int = 0
-    # Where the numbers came from: `provider` (reported upstream) or `counted` (by tollway).
+    # Where the numbers came from: `provider` (reported upstream), `counted` (by tollway from
+    # what passed through), `partial` (counted from what was delivered before the stream broke
+    # or the client left) or `estimated` (tollway's estimate, nothing delivered to count).
     source: str = "provider"
 
     @property
