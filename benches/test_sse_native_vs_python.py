@@ -1,14 +1,23 @@
 """Native SSE parsing against a straightforward pure-Python parser with the same rules (CR, LF
-and CRLF line ends, a CRLF split across chunks, BOM, `data`/`event`/`id`/`retry`, comments),
-producing one event object per event, on OpenAI chat streams fed in 1 KiB chunks as the gateway
-sees them. Run with `make bench`; the ratio of the means is the figure to read. The issue's
-target is 20x on a 36-event stream."""
+and CRLF line ends, a CRLF split across chunks, BOM, `data`/`event`/`id`/`retry`, comments), on
+OpenAI chat streams fed in 1 KiB chunks as the gateway sees them. Run with `make bench`; the
+ratio of the means is the figure to read. The issue's target is 20x on a 36-event stream.
+
+Two comparisons:
+- `sse-openai-*`: parsing into one event object per event (`SseParser.feed`), the general API.
+  Building a Python object per event bounds the native side here.
+- `relay-openai-*`: what the gateway does with a streamed chat response, per network chunk:
+  parse the events, capture the usage, remove what the gateway's own `include_usage` added,
+  and produce the bytes to forward. Natively that is `OpenAIChatStream.feed`, one call and one
+  `bytes` per chunk; in Python it is the same parser plus the same per-event rules.
+"""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from tollway._native import SseParser
+from tollway._native import OpenAIChatStream, SseParser
 
 EVENT = (
     'data: {{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
@@ -131,3 +140,82 @@ def test_native_500(benchmark) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.benchmark(group="sse-openai-500-events")
 def test_python_500(benchmark) -> None:  # type: ignore[no-untyped-def]
     assert benchmark(parse_python, 500) == 500
+
+
+# -- relaying a streamed chat response, as the gateway does ------------------------------------
+
+RELAY_EVENT = (
+    'data: {{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+    '"choices":[{{"index":0,"delta":{{"content":"hello {i} "}},"finish_reason":null}}],"usage":null}}\n\n'
+)
+RELAY_USAGE = (
+    'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+    '"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}\n\n'
+)
+
+
+def relay_stream(events: int) -> list[bytes]:
+    body = "".join(RELAY_EVENT.format(i=i) for i in range(events - 2)) + RELAY_USAGE + "data: [DONE]\n\n"
+    data = body.encode()
+    return [data[i : i + 1024] for i in range(0, len(data), 1024)]
+
+
+RELAY_STREAMS = {36: relay_stream(36), 500: relay_stream(500)}
+USAGE_NULL = ',"usage":null'
+
+
+def relay_native(events: int) -> tuple[bytes, str | None, bool]:
+    stream = OpenAIChatStream(strip_usage=True)
+    out = [stream.feed(chunk) for chunk in RELAY_STREAMS[events]]
+    return b"".join(out), stream.usage_json, stream.done
+
+
+def relay_python(events: int) -> tuple[bytes, str | None, bool]:
+    """The same rules in Python (what `providers/openai.py` did per event before the kernel)."""
+    parser = PythonSseParser()
+    usage, done, sent = None, False, []
+    for chunk in RELAY_STREAMS[events]:
+        out: list[bytes] = []
+        for event in parser.feed(chunk):
+            data = event.data
+            if data == "[DONE]":
+                done = True
+            elif '"usage":{' in data:
+                parsed = orjson.loads(data)
+                usage = orjson.dumps(parsed["usage"]).decode()
+                if not parsed.get("choices"):
+                    continue
+            elif USAGE_NULL in data:
+                data = data.replace(USAGE_NULL, "")
+            out.append(b"data: " + data.encode() + b"\n\n")
+        sent.append(b"".join(out))
+    return b"".join(sent), usage, done
+
+
+@pytest.mark.parametrize("events", [36, 500])
+def test_both_relay_the_same_stream(events: int) -> None:
+    native, python = relay_native(events), relay_python(events)
+    assert native[0] == python[0]
+    assert b"usage" not in native[0] and native[0].endswith(b"data: [DONE]\n\n")
+    assert native[1] is not None and orjson.loads(native[1]) == orjson.loads(python[1] or "null")
+    assert native[2] and python[2]
+
+
+@pytest.mark.benchmark(group="relay-openai-36-events")
+def test_native_relay_36(benchmark) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark(relay_native, 36)[2]
+
+
+@pytest.mark.benchmark(group="relay-openai-36-events")
+def test_python_relay_36(benchmark) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark(relay_python, 36)[2]
+
+
+@pytest.mark.benchmark(group="relay-openai-500-events")
+def test_native_relay_500(benchmark) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark(relay_native, 500)[2]
+
+
+@pytest.mark.benchmark(group="relay-openai-500-events")
+def test_python_relay_500(benchmark) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark(relay_python, 500)[2]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollway._native import SseEvent, SseParser
-from tollway.errors import SseError, TollwayError
+from tollway._native import OpenAIChatStream, SseEvent, SseParser
+from tollway.errors import SseError, StreamFormatError, TollwayError
 
 STREAM = (
     b"\xef\xbb\xbf: comment\r\n"
@@ -142,3 +143,50 @@ def test_events_are_values() -> None:
     assert len({event, SseEvent("x", id="7")}) == 1
     with pytest.raises(AttributeError):
         event.data = "y"  # type: ignore[misc]
+
+
+# -- OpenAIChatStream: the relay of a streamed chat response -----------------------------------
+
+
+def _chunk(content: str) -> bytes:
+    body = {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}], "usage": None}
+    return b"data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+USAGE_CHUNK = b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n'
+
+
+def test_chat_stream_relays_and_strips_injected_usage() -> None:
+    stream = OpenAIChatStream(strip_usage=True)
+    data = _chunk("Hel") + _chunk("lo ✓") + USAGE_CHUNK + b"data: [DONE]\n\n"
+    # Split inside a multi-byte character and inside the usage chunk.
+    cut = data.index("✓".encode()) + 1
+    out = stream.feed(data[:cut]) + stream.feed(data[cut : cut + 40]) + stream.feed(data[cut + 40 :])
+    assert b"usage" not in out
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert [json.loads(line[6:])["choices"][0]["delta"]["content"] for line in out.split(b"\n\n")[:2]] == [
+        "Hel",
+        "lo ✓",
+    ]
+    assert stream.done and stream.events == 4
+    assert json.loads(stream.usage_json or "") == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert stream.take_output_text() == "Hello ✓"
+    assert stream.take_output_text() == ""
+
+
+def test_chat_stream_keeps_usage_when_the_client_asked() -> None:
+    stream = OpenAIChatStream(strip_usage=False)
+    data = _chunk("x") + USAGE_CHUNK
+    assert stream.feed(data) == data
+    assert not stream.done
+
+
+def test_chat_stream_errors_are_tollway_errors() -> None:
+    stream = OpenAIChatStream(strip_usage=True)
+    with pytest.raises(StreamFormatError, match="not JSON"):
+        stream.feed(b'data: {"usage":{"prompt_tokens": nope}\n\n')
+    with pytest.raises(StreamFormatError):
+        stream.feed(b"data: [DONE]\n\n")  # sticky
+    small = OpenAIChatStream(strip_usage=False, max_line_bytes=16)
+    with pytest.raises(SseError, match="longer than the limit"):
+        small.feed(b"data: " + b"x" * 64)

@@ -38,6 +38,42 @@ class SseEvent:
     def __hash__(self) -> int: ...
 
 @final
+class OpenAIChatStream:
+    """The OpenAI chat-completions stream as the gateway relays it; one per streamed response
+    (`rust/core/src/chat_stream.rs` documents the rules).
+
+    `feed` parses each chunk's events natively and returns the bytes to send to the client:
+    `[DONE]` marks the stream complete; the last `usage` object is kept (`usage_json`); with
+    `strip_usage`, what the gateway's own `stream_options.include_usage` added is removed (the
+    usage-only chunk, and `,"usage":null` in the others). The data of relayed chunks is kept
+    unread, up to `max_pending_bytes`, until `take_output_text` reads the text the model
+    produced (content, refusal, reasoning, tool-call names and arguments) for counting.
+    """
+
+    def __init__(self, strip_usage: bool, *, max_line_bytes: int = ..., max_pending_bytes: int = ...) -> None: ...
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to forward for this chunk (empty when it completed no event). Raises
+        `tollway.errors.SseError` for an overlong line and `tollway.errors.StreamFormatError` for
+        an event carrying usage that is not JSON; after an error every call raises it again."""
+    @property
+    def done(self) -> bool:
+        """`data: [DONE]` arrived."""
+    @property
+    def usage_json(self) -> str | None:
+        """The last `usage` object the stream carried, as JSON text."""
+    @property
+    def events(self) -> int:
+        """Events parsed so far."""
+    @property
+    def unreadable_events(self) -> int:
+        """Chunks `take_output_text` skipped because they were not JSON."""
+    @property
+    def dropped_text_bytes(self) -> int:
+        """Chunk data not kept because the unread data reached `max_pending_bytes`."""
+    def take_output_text(self) -> str:
+        """The output text of the chunks relayed since the last call (each is read once)."""
+
+@final
 class SseParser:
     """Incremental parser with WHATWG event-stream semantics; one per stream.
 

@@ -28,6 +28,10 @@ class SseError(TollwayError, ValueError):
     """An event stream violated a limit of the parser (for example a line over the size cap)."""
 
 
+class StreamFormatError(TollwayError, ValueError):
+    """A streamed response the gateway cannot relay faithfully (an event that should be JSON is not)."""
+
+
 class TokenizerError(TollwayError, ValueError):
     """A tokenizer name (or file) that cannot be used."""
 

@@ -8,24 +8,22 @@ that arrive together in one network chunk leave together in one write.
 Usage capture in streams: the gateway always asks for `stream_options.include_usage`. When the
 client did not ask for it, the gateway removes what that option adds before the client sees
 it: the final usage-only chunk, and the `"usage":null` member OpenAI adds to every other chunk.
-The removal is a byte replacement of `,"usage":null`; that sequence cannot occur inside a JSON
-string (a quote there is always escaped), so only the member itself matches.
+The per-event work (parsing, usage capture, that removal) is the native `OpenAIChatStream`
+(`rust/core/src/chat_stream.rs`), called once per network chunk.
 """
 
 from __future__ import annotations
 
 import orjson
 
-from tollway._native import SseParser
+from tollway._native import OpenAIChatStream
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import ConfigError, SseError, UpstreamError
+from tollway.errors import ConfigError, SseError, StreamFormatError, UpstreamError
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage, usage_from_openai
 
-_DONE = "[DONE]"
-_USAGE_NULL = ',"usage":null'
 # Upstream response headers passed through to the client, renamed where ours take the name.
 _PASSED_HEADERS = {
     "x-request-id": "x-upstream-request-id",
@@ -118,37 +116,22 @@ class OpenAIAdapter(ProviderAdapter):
             resp.close()
 
     async def _pump(self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink) -> Usage | None:
-        parser = SseParser()
-        usage: Usage | None = None
-        done = False
+        # Per event, natively: parse, capture usage, remove what the gateway injected, forward.
+        stream = OpenAIChatStream(strip_usage=injected)
         try:
             async for chunk in resp.chunks(self.timeouts, deadline):
-                out: list[bytes] = []
-                for event in parser.feed(chunk):
-                    data = event.data
-                    if data == _DONE:
-                        done = True
-                    elif '"usage":{' in data or '"usage": {' in data:
-                        parsed = orjson.loads(data)
-                        if isinstance(parsed, dict):
-                            usage = usage_from_openai(parsed.get("usage")) or usage
-                            if injected and not parsed.get("choices"):
-                                continue  # the usage-only chunk the client did not ask for
-                    elif injected and _USAGE_NULL in data:
-                        out.append(b"data: " + data.replace(_USAGE_NULL, "").encode() + b"\n\n")
-                        continue
-                    out.append(event.to_bytes())
+                out = stream.feed(chunk)
                 if out:
-                    await sink.send(b"".join(out) if len(out) > 1 else out[0])
+                    await sink.send(out)
         except SseError as exc:
             raise upstream_failure(
                 Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
             ) from None
-        except orjson.JSONDecodeError:
+        except StreamFormatError:
             raise upstream_failure(
                 Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
             ) from None
-        if not done:
+        if not stream.done:
             raise upstream_failure(
                 Failure(
                     FailureKind.BROKEN_STREAM,
@@ -156,7 +139,8 @@ class OpenAIAdapter(ProviderAdapter):
                     f"provider `{self.name}` ended the stream before `[DONE]`",
                 )
             )
-        return usage
+        usage_json = stream.usage_json
+        return usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
 
     def _status_failure(self, status: int, payload: bytes, retry_after: str | None) -> UpstreamError:
         upstream_message = _error_message(payload)

@@ -1,6 +1,7 @@
 //! tollway's native kernels. Plain Rust with no Python types, so everything here is tested
 //! with `cargo test`; the PyO3 bindings live in the `tollway-py` crate.
 //!
+//! - [`chat_stream`]: the OpenAI chat stream as the gateway relays it (SSE, usage, output text).
 //! - [`limiter`]: rate limiters (GCRA, token bucket), concurrency leases and budget windows,
 //!   with reservations.
 //! - [`policy`]: the compiled policy selector index.
@@ -8,6 +9,7 @@
 //! - [`tokens`]: exact BPE token counting, chat-aware counting, streamed-output counting.
 #![forbid(unsafe_code)]
 
+pub mod chat_stream;
 pub mod limiter;
 pub mod policy;
 pub mod sse;

@@ -100,6 +100,53 @@ impl Event {
         Ok(())
     }
 
+    /// Append the event in canonical wire form (see [`EventRef::write_wire`]).
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        self.as_ref().write_wire(out);
+    }
+
+    /// The event, borrowed.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            event: self.event.as_deref(),
+            data: &self.data,
+            id: self.id.as_deref(),
+            retry: self.retry,
+        }
+    }
+
+    /// The event in canonical wire form (see [`Event::write_wire`]).
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + 32);
+        self.write_wire(&mut out);
+        out
+    }
+}
+
+/// One dispatched event, borrowed from the parser: what [`SseParser::feed_with`] hands its
+/// visitor, so a caller that only forwards or inspects events allocates nothing per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// The event type; `None` means the default type, `message`.
+    pub event: Option<&'a str>,
+    /// The data lines joined with `\n`.
+    pub data: &'a str,
+    /// The last event id in effect when the event was dispatched.
+    pub id: Option<&'a str>,
+    /// A reconnection time (milliseconds) set by `retry` since the previous dispatched event.
+    pub retry: Option<u64>,
+}
+
+impl EventRef<'_> {
+    pub fn to_owned_event(&self) -> Event {
+        Event {
+            event: self.event.map(str::to_owned),
+            data: self.data.to_owned(),
+            id: self.id.map(str::to_owned),
+            retry: self.retry,
+        }
+    }
+
     /// Append the event in canonical wire form: `event: …` when the type is set and not empty,
     /// `id: …` when set, `retry: …` when set, one `data: …` line per line of data (CR, LF and
     /// CRLF in `data` all count as line breaks, so `data` can never break the framing), then a
@@ -110,31 +157,29 @@ impl Event {
     /// from [`SseParser`] only do that when the server clears its id, which LLM providers do
     /// not use. `event` and `id` must pass [`Event::validate`].
     pub fn write_wire(&self, out: &mut Vec<u8>) {
-        if let Some(event) = self.event.as_deref().filter(|e| !e.is_empty()) {
+        if let Some(event) = self.event.filter(|e| !e.is_empty()) {
             write_field(out, b"event: ", event.as_bytes());
         }
-        if let Some(id) = &self.id {
+        if let Some(id) = self.id {
             write_field(out, b"id: ", id.as_bytes());
         }
         if let Some(retry) = self.retry {
             write_field(out, b"retry: ", format_u64(retry, &mut [0; 20]));
         }
-        let mut rest = self.data.as_bytes();
-        while let Some(end) = memchr2(b'\r', b'\n', rest) {
-            write_field(out, b"data: ", &rest[..end]);
-            let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
-            rest = &rest[end + 1 + usize::from(crlf)..];
-        }
-        write_field(out, b"data: ", rest);
+        write_data(out, self.data);
         out.push(b'\n');
     }
+}
 
-    /// The event in canonical wire form (see [`Event::write_wire`]).
-    pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() + 32);
-        self.write_wire(&mut out);
-        out
+/// `data: …` lines for `data`, split at CR, LF and CRLF.
+fn write_data(out: &mut Vec<u8>, data: &str) {
+    let mut rest = data.as_bytes();
+    while let Some(end) = memchr2(b'\r', b'\n', rest) {
+        write_field(out, b"data: ", &rest[..end]);
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + 1 + usize::from(crlf)..];
     }
+    write_field(out, b"data: ", rest);
 }
 
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -248,6 +293,19 @@ impl SseParser {
     /// Parse a chunk, appending the events it completes to `out`. On error, the events
     /// completed before the overlong line are in `out`.
     pub fn feed_into(&mut self, chunk: &[u8], out: &mut Vec<Event>) -> Result<(), SseError> {
+        self.feed_with(chunk, &mut |event: EventRef<'_>| {
+            out.push(event.to_owned_event())
+        })
+    }
+
+    /// Parse a chunk, handing each event it completes to `visit`, in order, borrowed (no
+    /// allocation per event). On error, the events completed before the overlong line have
+    /// been visited.
+    pub fn feed_with<F: FnMut(EventRef<'_>)>(
+        &mut self,
+        chunk: &[u8],
+        out: &mut F,
+    ) -> Result<(), SseError> {
         if self.bom_checked {
             return self.feed_lines(chunk, out);
         }
@@ -286,7 +344,11 @@ impl SseParser {
         Ok(Vec::new())
     }
 
-    fn feed_lines(&mut self, chunk: &[u8], out: &mut Vec<Event>) -> Result<(), SseError> {
+    fn feed_lines<F: FnMut(EventRef<'_>)>(
+        &mut self,
+        chunk: &[u8],
+        out: &mut F,
+    ) -> Result<(), SseError> {
         let mut rest = chunk;
         if rest.is_empty() {
             return Ok(()); // an empty chunk must not end a pending CR's wait for its LF
@@ -340,7 +402,7 @@ impl SseParser {
         Ok(())
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<Event>) {
+    fn process_line<F: FnMut(EventRef<'_>)>(&mut self, line: &[u8], out: &mut F) {
         let (field, value) = match line.first() {
             None => return self.dispatch(out),
             Some(b':') => return,
@@ -378,7 +440,7 @@ impl SseParser {
         }
     }
 
-    fn dispatch(&mut self, out: &mut Vec<Event>) {
+    fn dispatch<F: FnMut(EventRef<'_>)>(&mut self, out: &mut F) {
         if self.last_event_id != self.id_buffer {
             self.last_event_id.clone_from(&self.id_buffer);
         }
@@ -386,13 +448,15 @@ impl SseParser {
             self.event_type.clear();
             return;
         }
-        let event_type = std::mem::take(&mut self.event_type);
-        out.push(Event {
-            event: (!event_type.is_empty()).then_some(event_type),
-            data: std::mem::take(&mut self.data),
-            id: self.last_event_id().map(str::to_owned),
+        out(EventRef {
+            event: (!self.event_type.is_empty()).then_some(self.event_type.as_str()),
+            data: &self.data,
+            id: (!self.last_event_id.is_empty()).then_some(self.last_event_id.as_str()),
             retry: self.pending_retry.take(),
         });
+        // Cleared, not taken: the allocations are reused by the next event.
+        self.data.clear();
+        self.event_type.clear();
     }
 }
 

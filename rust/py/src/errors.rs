@@ -1,10 +1,11 @@
 //! Core errors -> the exceptions defined in `python/tollway/errors.py`.
 
 use pyo3::PyErr;
-use tollway_core::{limiter, policy, sse, tokens};
+use tollway_core::{chat_stream, limiter, policy, sse, tokens};
 
 pyo3::import_exception!(tollway.errors, PolicyError);
 pyo3::import_exception!(tollway.errors, SseError);
+pyo3::import_exception!(tollway.errors, StreamFormatError);
 pyo3::import_exception!(tollway.errors, TokenizerError);
 pyo3::import_exception!(tollway.errors, TokenCountError);
 pyo3::import_exception!(tollway.errors, LimiterConfigError);
@@ -44,5 +45,13 @@ pub fn limiter_error(err: limiter::LimiterError) -> PyErr {
     match err {
         limiter::LimiterError::InvalidConfig { .. } => LimiterConfigError::new_err(err.to_string()),
         limiter::LimiterError::TooManyKeys { .. } => LimiterFullError::new_err(err.to_string()),
+    }
+}
+
+/// A total match, as above.
+pub fn chat_stream_error(err: chat_stream::ChatStreamError) -> PyErr {
+    match err {
+        chat_stream::ChatStreamError::Sse(err) => sse_error(err),
+        chat_stream::ChatStreamError::NotJson { .. } => StreamFormatError::new_err(err.to_string()),
     }
 }

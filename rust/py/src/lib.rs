@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod chat_stream;
 mod errors;
 mod limiter;
 mod policy;
@@ -14,6 +15,7 @@ mod tokens;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<chat_stream::OpenAIChatStream>()?;
     m.add_class::<limiter::RateLimiter>()?;
     m.add_class::<limiter::TokenBucket>()?;
     m.add_class::<limiter::ConcurrencyLimiter>()?;

@@ -1,0 +1,510 @@
+//! The OpenAI chat-completions stream as the gateway relays it: the per-event work of a
+//! streamed `/v1/chat/completions` response, done once per network chunk instead of once per
+//! event in Python.
+//!
+//! For each chunk of upstream bytes, [`OpenAIChatStream::feed`] parses the events it completes
+//! (with [`SseParser`], borrowed, no allocation per event) and returns the bytes to send to the
+//! client, in canonical SSE form:
+//!
+//! - `data: [DONE]` is forwarded and marks the stream complete ([`OpenAIChatStream::done`]).
+//!   A stream that ends without it was cut short.
+//! - An event whose data has a `"usage"` member holding an object is read as JSON; the last
+//!   such object is kept as the stream's usage ([`OpenAIChatStream::usage_json`]), verbatim.
+//!   An event that looks like it carries usage but is not JSON is an error
+//!   ([`ChatStreamError::NotJson`]): the gateway cannot account for that stream.
+//! - **Removing what the gateway added.** The gateway always asks upstream for
+//!   `stream_options.include_usage`, to measure the request. When the client did not ask for
+//!   it (`strip_usage`), what that option adds is removed before the client sees it: the
+//!   final usage-only chunk (usage and no choices), and the `,"usage":null` member OpenAI adds
+//!   to every other chunk. The removal is a byte replacement of `,"usage":null`: that sequence
+//!   cannot occur inside a JSON string (a quote there is always escaped), so only the member
+//!   itself matches.
+//! - Every other event is forwarded unchanged.
+//!
+//! **Output text, counted lazily.** The data of forwarded chunks is kept, unread, until
+//! [`OpenAIChatStream::take_output_text`] reads it: the text the model produced (content,
+//! refusal, reasoning, and tool-call names and arguments, in order) for counting output
+//! tokens when the provider reports no usage (a broken stream, a client that left, a server
+//! that ignores `include_usage`). A stream whose usage arrives is never read twice, and a
+//! caller that needs a running count (a live budget) reads the new part as it goes. Chunks
+//! that are not JSON are skipped and counted ([`OpenAIChatStream::unreadable_events`]). The
+//! kept data is capped (`max_pending_bytes`); past the cap, further data is dropped and
+//! counted ([`OpenAIChatStream::dropped_text_bytes`]), so a count from it is a lower bound.
+
+use std::borrow::Cow;
+
+use memchr::memmem;
+use serde::Deserialize;
+
+use crate::sse::{EventRef, SseError, SseParser};
+
+const DONE: &str = "[DONE]";
+const USAGE_NULL: &[u8] = b",\"usage\":null";
+
+/// By default keep at most this much unread chunk data per stream (far above any real answer).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatStreamError {
+    #[error(transparent)]
+    Sse(#[from] SseError),
+    /// An event that carries usage (or claims to) is not a JSON object.
+    #[error("an event of the stream is not JSON: {reason}")]
+    NotJson { reason: String },
+}
+
+#[derive(Debug)]
+pub struct OpenAIChatStream {
+    parser: SseParser,
+    strip_usage: bool,
+    max_pending: usize,
+    /// Bytes for the client, rebuilt by each `feed`.
+    out: Vec<u8>,
+    done: bool,
+    usage: Option<String>,
+    events: u64,
+    /// Data of forwarded chunks not yet read for output text, each followed by `\0` (which
+    /// cannot occur in JSON text, so it separates them unambiguously).
+    pending: String,
+    unreadable: u64,
+    dropped: u64,
+    /// The first error seen, sticky: a stream that failed once is not trusted again.
+    failed: Option<ChatStreamError>,
+}
+
+impl OpenAIChatStream {
+    pub fn new(strip_usage: bool, max_line_bytes: usize, max_pending_bytes: usize) -> Self {
+        Self {
+            parser: SseParser::new(max_line_bytes),
+            strip_usage,
+            max_pending: max_pending_bytes,
+            out: Vec::new(),
+            done: false,
+            usage: None,
+            events: 0,
+            pending: String::new(),
+            unreadable: 0,
+            dropped: 0,
+            failed: None,
+        }
+    }
+
+    /// Parse one chunk of upstream bytes; return the bytes to forward to the client (empty when
+    /// the chunk completed no event). On error, nothing of this chunk is forwarded and every
+    /// later call fails with the same error.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<&[u8], ChatStreamError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        self.out.clear();
+        let mut state = Relay {
+            strip_usage: self.strip_usage,
+            max_pending: self.max_pending,
+            out: &mut self.out,
+            done: &mut self.done,
+            usage: &mut self.usage,
+            events: &mut self.events,
+            pending: &mut self.pending,
+            dropped: &mut self.dropped,
+            error: None,
+        };
+        let parsed = self
+            .parser
+            .feed_with(chunk, &mut |event| state.event(event));
+        let error = match (parsed, state.error) {
+            (Err(err), _) => Some(ChatStreamError::from(err)),
+            (Ok(()), Some(err)) => Some(err),
+            (Ok(()), None) => None,
+        };
+        if let Some(err) = error {
+            self.out.clear();
+            self.failed = Some(err.clone());
+            return Err(err);
+        }
+        Ok(&self.out)
+    }
+
+    /// `data: [DONE]` arrived: the stream is complete.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The last `usage` object the stream carried, as JSON text.
+    pub fn usage_json(&self) -> Option<&str> {
+        self.usage.as_deref()
+    }
+
+    /// Events parsed so far (`[DONE]` included).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Chunks skipped by [`OpenAIChatStream::take_output_text`] because they were not JSON.
+    pub fn unreadable_events(&self) -> u64 {
+        self.unreadable
+    }
+
+    /// Bytes of chunk data dropped because the unread data reached its cap.
+    pub fn dropped_text_bytes(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The output text of the chunks forwarded since the last call, appended to `text`.
+    pub fn take_output_text(&mut self, text: &mut String) {
+        let pending = std::mem::take(&mut self.pending);
+        for data in pending.split_terminator('\0') {
+            match serde_json::from_str::<Chunk<'_>>(data) {
+                Ok(chunk) => chunk.push_text(text),
+                Err(_) => self.unreadable += 1,
+            }
+        }
+        // Reuse the allocation for what comes next.
+        self.pending = pending;
+        self.pending.clear();
+    }
+}
+
+/// The per-event work of one `feed`, over borrowed state (the parser is borrowed separately).
+struct Relay<'s> {
+    strip_usage: bool,
+    max_pending: usize,
+    out: &'s mut Vec<u8>,
+    done: &'s mut bool,
+    usage: &'s mut Option<String>,
+    events: &'s mut u64,
+    pending: &'s mut String,
+    dropped: &'s mut u64,
+    error: Option<ChatStreamError>,
+}
+
+impl Relay<'_> {
+    fn event(&mut self, event: EventRef<'_>) {
+        if self.error.is_some() {
+            return;
+        }
+        *self.events += 1;
+        let data = event.data;
+        if data == DONE {
+            *self.done = true;
+            event.write_wire(self.out);
+            return;
+        }
+        let bytes = data.as_bytes();
+        if memmem::find(bytes, b"\"usage\"").is_some() && !only_usage_null(bytes) {
+            match serde_json::from_str::<UsageProbe<'_>>(data) {
+                Ok(probe) => {
+                    if let Some(usage) = probe.usage.filter(|u| u.get().starts_with('{')) {
+                        *self.usage = Some(usage.get().to_owned());
+                        if self.strip_usage && probe.choices.map_or(true, |c| c.is_empty()) {
+                            return; // the usage-only chunk the client did not ask for
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.error = Some(ChatStreamError::NotJson {
+                        reason: err.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+        self.keep(data);
+        if self.strip_usage && memmem::find(bytes, USAGE_NULL).is_some() {
+            let plain = event.event.is_none()
+                && event.id.is_none()
+                && event.retry.is_none()
+                && memchr::memchr2(b'\r', b'\n', bytes).is_none();
+            if plain {
+                // The common case, written without an intermediate copy.
+                self.out.extend_from_slice(b"data: ");
+                let mut rest = bytes;
+                while let Some(at) = memmem::find(rest, USAGE_NULL) {
+                    self.out.extend_from_slice(&rest[..at]);
+                    rest = &rest[at + USAGE_NULL.len()..];
+                }
+                self.out.extend_from_slice(rest);
+                self.out.extend_from_slice(b"\n\n");
+            } else {
+                let data = data.replace(",\"usage\":null", "");
+                EventRef {
+                    data: &data,
+                    ..event
+                }
+                .write_wire(self.out);
+            }
+            return;
+        }
+        event.write_wire(self.out);
+    }
+
+    /// Keep a forwarded chunk's data for `take_output_text`, within the cap.
+    fn keep(&mut self, data: &str) {
+        if self.pending.len() + data.len() + 1 > self.max_pending {
+            *self.dropped += data.len() as u64;
+            return;
+        }
+        self.pending.push_str(data);
+        self.pending.push('\0');
+    }
+}
+
+/// True when every `"usage"` in the data is the `"usage":null` member: no usage to read.
+fn only_usage_null(bytes: &[u8]) -> bool {
+    let usages = memmem::find_iter(bytes, b"\"usage\"").count();
+    usages == memmem::find_iter(bytes, b"\"usage\":null").count()
+}
+
+/// Just enough of a chunk to find its usage and whether it has choices.
+#[derive(Deserialize)]
+struct UsageProbe<'a> {
+    #[serde(default, borrow)]
+    usage: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// Just enough of a chunk to read the text the model produced.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    /// DeepSeek, vLLM and others stream reasoning beside the content.
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl Chunk<'_> {
+    fn push_text(&self, text: &mut String) {
+        for delta in self.choices.iter().filter_map(|c| c.delta.as_ref()) {
+            let parts = [
+                &delta.reasoning_content,
+                &delta.reasoning,
+                &delta.content,
+                &delta.refusal,
+            ];
+            for part in parts.into_iter().flatten() {
+                text.push_str(part);
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                if let Some(function) = &call.function {
+                    for part in [&function.name, &function.arguments].into_iter().flatten() {
+                        text.push_str(part);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::DEFAULT_MAX_LINE_BYTES;
+    use proptest::prelude::*;
+
+    fn stream(strip: bool) -> OpenAIChatStream {
+        OpenAIChatStream::new(strip, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PENDING_BYTES)
+    }
+
+    fn chunk(content: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}],\"usage\":null}}\n\n",
+            serde_json::to_string(content).unwrap()
+        )
+    }
+
+    const USAGE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n";
+
+    fn whole(parts: &[&str]) -> String {
+        parts.concat()
+    }
+
+    fn relay(s: &mut OpenAIChatStream, input: &[u8], split: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &point in split.iter().chain(std::iter::once(&input.len())) {
+            let point = point.clamp(start, input.len());
+            out.extend_from_slice(s.feed(&input[start..point]).unwrap());
+            start = point;
+        }
+        out
+    }
+
+    #[test]
+    fn strips_what_the_gateway_added() {
+        let input = whole(&[&chunk("Hel"), &chunk("lo"), USAGE, "data: [DONE]\n\n"]);
+        let mut s = stream(true);
+        let out = String::from_utf8(relay(&mut s, input.as_bytes(), &[])).unwrap();
+        assert!(!out.contains("usage"), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert_eq!(out.matches("data: ").count(), 3);
+        assert!(s.done());
+        assert_eq!(
+            s.usage_json(),
+            Some("{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}")
+        );
+        let mut text = String::new();
+        s.take_output_text(&mut text);
+        assert_eq!(text, "Hello");
+    }
+
+    #[test]
+    fn forwards_everything_when_the_client_asked_for_usage() {
+        let input = whole(&[&chunk("Hi"), USAGE, "data: [DONE]\n\n"]);
+        let mut s = stream(false);
+        let out = relay(&mut s, input.as_bytes(), &[]);
+        assert_eq!(String::from_utf8(out).unwrap(), input);
+        assert!(s.usage_json().is_some());
+    }
+
+    #[test]
+    fn usage_inside_a_content_chunk_is_captured_and_forwarded() {
+        let input = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
+        let mut s = stream(true);
+        let out = relay(&mut s, input.as_bytes(), &[]);
+        assert_eq!(out, input.as_bytes());
+        assert!(s.usage_json().is_some());
+    }
+
+    #[test]
+    fn missing_done_is_visible() {
+        let mut s = stream(true);
+        relay(&mut s, chunk("cut").as_bytes(), &[]);
+        assert!(!s.done());
+        assert_eq!(s.usage_json(), None);
+    }
+
+    #[test]
+    fn usage_that_is_not_json_fails_the_stream() {
+        let mut s = stream(true);
+        let err = s
+            .feed(b"data: {\"usage\":{\"prompt_tokens\": oops}\n\n")
+            .unwrap_err();
+        assert!(matches!(err, ChatStreamError::NotJson { .. }));
+        // Sticky: nothing more is relayed.
+        assert!(s.feed(b"data: [DONE]\n\n").is_err());
+    }
+
+    #[test]
+    fn a_string_mentioning_usage_is_not_a_usage_member() {
+        let input = "data: {\"choices\":[{\"delta\":{\"content\":\"the \\\"usage\\\":null key\"}}],\"usage\":null}\n\n";
+        let mut s = stream(true);
+        let out = String::from_utf8(relay(&mut s, input.as_bytes(), &[])).unwrap();
+        assert_eq!(
+            out,
+            "data: {\"choices\":[{\"delta\":{\"content\":\"the \\\"usage\\\":null key\"}}]}\n\n"
+        );
+        let mut text = String::new();
+        s.take_output_text(&mut text);
+        assert_eq!(text, "the \"usage\":null key");
+    }
+
+    #[test]
+    fn output_text_includes_reasoning_refusals_and_tool_calls() {
+        let input = concat!(
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"think \"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"refusal\":\"no\"}}]}\n\n",
+            "data: not json\n\n",
+        );
+        let mut s = stream(false);
+        relay(&mut s, input.as_bytes(), &[]);
+        let mut text = String::new();
+        s.take_output_text(&mut text);
+        assert_eq!(text, "think get_weather{\"city\":\"Paris\"}no");
+        assert_eq!(s.unreadable_events(), 1);
+        // Read once: a second call adds nothing.
+        s.take_output_text(&mut text);
+        assert_eq!(text, "think get_weather{\"city\":\"Paris\"}no");
+    }
+
+    #[test]
+    fn pending_text_is_capped() {
+        let mut s = OpenAIChatStream::new(false, DEFAULT_MAX_LINE_BYTES, 200);
+        let input = whole(&[&chunk("aaaa"), &chunk("bbbb"), &chunk("cccc")]);
+        relay(&mut s, input.as_bytes(), &[]);
+        assert!(s.dropped_text_bytes() > 0);
+        let mut text = String::new();
+        s.take_output_text(&mut text);
+        assert_eq!(text, "aaaa");
+    }
+
+    #[test]
+    fn multi_line_data_with_usage_null_is_rewritten_safely() {
+        let input = "data: {\"choices\":[],\ndata: \"x\":1,\"usage\":null}\n\n";
+        let mut s = stream(true);
+        let out = String::from_utf8(relay(&mut s, input.as_bytes(), &[])).unwrap();
+        assert_eq!(out, "data: {\"choices\":[],\ndata: \"x\":1}\n\n");
+    }
+
+    #[test]
+    fn events_with_fields_keep_them() {
+        let input = "event: delta\nid: 7\ndata: {\"choices\":[],\"usage\":null}\n\n";
+        let mut s = stream(true);
+        let out = String::from_utf8(relay(&mut s, input.as_bytes(), &[])).unwrap();
+        assert_eq!(out, "event: delta\nid: 7\ndata: {\"choices\":[]}\n\n");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Relaying is independent of where the network splits the stream.
+        #[test]
+        fn relay_is_independent_of_chunking(
+            texts in proptest::collection::vec("[a-z \\u{e9}\\u{1F600}\"]{0,12}", 1..8),
+            splits in proptest::collection::vec(0usize..2000, 0..12),
+            strip in any::<bool>(),
+        ) {
+            let mut parts: Vec<String> = texts.iter().map(|t| chunk(t)).collect();
+            parts.push(USAGE.to_owned());
+            parts.push("data: [DONE]\n\n".to_owned());
+            let input = parts.concat();
+            let mut splits = splits;
+            splits.sort_unstable();
+            let mut whole_stream = stream(strip);
+            let mut split_stream = stream(strip);
+            let expected = relay(&mut whole_stream, input.as_bytes(), &[]);
+            prop_assert_eq!(relay(&mut split_stream, input.as_bytes(), &splits), expected);
+            let (mut a, mut b) = (String::new(), String::new());
+            whole_stream.take_output_text(&mut a);
+            split_stream.take_output_text(&mut b);
+            prop_assert_eq!(&a, &texts.concat());
+            prop_assert_eq!(a, b);
+            prop_assert!(split_stream.done());
+            prop_assert!(split_stream.usage_json().is_some());
+        }
+    }
+}
