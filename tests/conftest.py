@@ -1,4 +1,4 @@
-"""Fixtures that run real processes: the mock OpenAI upstream and `tollway serve`.
+"""Fixtures that run real processes: the mock upstreams and `tollway serve`.
 
 Every server is a subprocess on a free loopback port, started once per session where it can be
 shared, and stopped (SIGTERM, then SIGKILL after a deadline) at the end. Readiness is polled
@@ -112,6 +112,18 @@ def start_upstream() -> Server:
     return Server(port, proc)
 
 
+def start_mock_providers() -> Server:
+    """The multi-provider mock upstream (`tollway.testing.mock_providers`)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway.testing.mock_providers", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_http(port, "/_mock/health", proc)
+    return Server(port, proc)
+
+
 def start_gateway(config_text: str, tmp: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     config = tmp / f"tollway-{port}.toml"
@@ -208,6 +220,13 @@ models = ["gpt-test"]
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[Server]:
     server = start_upstream()
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def mock_providers() -> Iterator[Server]:
+    server = start_mock_providers()
     yield server
     stop(server.proc)
 

@@ -52,3 +52,9 @@ class LimiterFullError(TollwayError, RuntimeError):
 
 class UpstreamError(TollwayError):
     """An upstream provider call failed; `kind` says how (see `tollway.upstream`)."""
+
+
+class TranslationError(TollwayError, ValueError):
+    """A request the chosen provider's API cannot express (a feature it lacks, such as a tool type
+    or an input kind), or an answer the client's API cannot express. Never a silent change of
+    meaning: the adapter turns it into an upstream failure with a message naming the feature."""

@@ -106,6 +106,7 @@ class FailureKind(enum.Enum):
     CLIENT_ERROR = "client_error"  # upstream answered another 4xx: the request itself is wrong
     BAD_RESPONSE = "bad_response"  # upstream answered something that is not its protocol
     BROKEN_STREAM = "broken_stream"  # the body ended or failed part-way
+    CONTEXT_LENGTH = "context_length"  # upstream said the request exceeds the model's context window
 
 
 @dataclass(frozen=True, slots=True)

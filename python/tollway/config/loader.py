@@ -24,6 +24,7 @@ from tollway.errors import ConfigError
 
 KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -183,13 +184,38 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
         at = ("providers", i)
         if prov is None:
             continue
-        if prov.kind == "openai":
-            if not prov.base_url:
-                p(at, "missing `base_url` (for example `https://api.openai.com/v1`)")
-            elif not prov.base_url.startswith(("http://", "https://")):
-                p((*at, "base_url"), f"expected an http:// or https:// URL, got {_describe(prov.base_url)}")
-        if prov.api_key is not None:
+        if prov.kind == "openai" and not prov.base_url and prov.preset is None:
+            p(at, "missing `base_url` (for example `https://api.openai.com/v1`) or a `preset`")
+        if prov.kind == "azure" and not prov.base_url:
+            p(at, "missing `base_url`: the Azure OpenAI resource endpoint, as `https://NAME.openai.azure.com`")
+        if prov.base_url and not prov.base_url.startswith(("http://", "https://")):
+            p((*at, "base_url"), f"expected an http:// or https:// URL, got {_describe(prov.base_url)}")
+        if prov.preset is not None and prov.kind != "openai":
+            p(
+                (*at, "preset"),
+                f'presets are OpenAI-compatible servers: `preset` needs `kind = "openai"`, not `{prov.kind}`',
+            )
+        if prov.kind == "bedrock":
+            if not prov.region:
+                p(at, "missing `region` (for example `us-east-1`)")
+            elif not _REGION_RE.match(prov.region):
+                p((*at, "region"), f"expected an AWS region such as `us-east-1`, got {_describe(prov.region)}")
+            if prov.aws_access_key_id is None or prov.aws_secret_access_key is None:
+                p(at, 'missing `aws_access_key_id` and `aws_secret_access_key` (as `{ env = "AWS_ACCESS_KEY_ID" }`)')
+        if isinstance(prov.api_key, list):
+            if not prov.api_key:
+                p((*at, "api_key"), "expected at least one key")
+            for j, ref in enumerate(prov.api_key):
+                if ref is not None:
+                    _check_secret_ref(ref, (*at, "api_key", j), decoder)
+        elif prov.api_key is not None:
             _check_secret_ref(prov.api_key, (*at, "api_key"), decoder)
+        for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+            ref = getattr(prov, field_name)
+            if ref is not None:
+                _check_secret_ref(ref, (*at, field_name), decoder)
+        if prov.default_max_tokens < 1:
+            p((*at, "default_max_tokens"), f"expected at least 1, got {prov.default_max_tokens}")
         if prov.timeouts is not None:
             _check_timeouts(prov.timeouts, (*at, "timeouts"), decoder)
         if prov.mock.stream_chunks < 1:

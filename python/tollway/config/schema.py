@@ -10,7 +10,21 @@ from typing import Literal
 
 import msgspec
 
-ProviderKind = Literal["openai", "mock"]
+ProviderKind = Literal["openai", "mock", "anthropic", "gemini", "bedrock", "azure"]
+# OpenAI-compatible servers known by name (`tollway.providers.presets`): base URL, auth, quirks.
+PresetName = Literal[
+    "openai",
+    "groq",
+    "mistral",
+    "together",
+    "deepseek",
+    "fireworks",
+    "xai",
+    "openrouter",
+    "vllm",
+    "ollama",
+    "lmstudio",
+]
 
 
 class SecretRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -57,10 +71,24 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     kind: ProviderKind
     base_url: str | None = None
-    api_key: SecretRef | None = None
+    # One key, or several rotated round-robin (a key the provider rate-limits or rejects cools down).
+    api_key: SecretRef | list[SecretRef] | None = None
     headers: dict[str, str] = {}
     timeouts: Timeouts | None = None
     mock: MockOptions = MockOptions()
+    # `openai`: a known OpenAI-compatible server, supplying the base URL, auth header and quirks.
+    preset: PresetName | None = None
+    # `anthropic`: the `anthropic-version` header; `azure`: the `api-version` query parameter.
+    api_version: str | None = None
+    # `bedrock`: the AWS region and credentials (SigV4).
+    region: str | None = None
+    aws_access_key_id: SecretRef | None = None
+    aws_secret_access_key: SecretRef | None = None
+    aws_session_token: SecretRef | None = None
+    # `azure`: upstream model name -> deployment name; a model not listed is its own deployment.
+    deployments: dict[str, str] = {}
+    # `anthropic`: `max_tokens` for an OpenAI-format request without one (Anthropic requires it).
+    default_max_tokens: int = 4096
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tollway.config.schema import ProviderConfig, Timeouts
-from tollway.config.secrets import resolve_secret
+from tollway.config.secrets import Secret, resolve_secret
 from tollway.errors import ConfigError
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
 from tollway.upstream import UpstreamClient
@@ -17,6 +17,8 @@ def build_adapters(
     providers: list[ProviderConfig], default_timeouts: Timeouts, client: UpstreamClient | None, base_dir: Path | None
 ) -> dict[str, ProviderAdapter]:
     """One adapter per configured provider; raise `ConfigError` listing every unloadable secret."""
+    from tollway.providers._keys import KeyRing
+    from tollway.providers.anthropic import AnthropicAdapter
     from tollway.providers.mock import MockAdapter
     from tollway.providers.openai import OpenAIAdapter
 
@@ -27,14 +29,26 @@ def build_adapters(
         if prov.kind == "mock":
             adapters[prov.name] = MockAdapter(prov, timeouts)
             continue
-        api_key = None
-        if prov.api_key is not None:
+        refs = prov.api_key if isinstance(prov.api_key, list) else [prov.api_key] if prov.api_key is not None else []
+        keys: list[Secret] = []
+        for j, ref in enumerate(refs):
+            where = f"providers[{i}].api_key" + (f"[{j}]" if isinstance(prov.api_key, list) else "")
             try:
-                api_key = resolve_secret(prov.api_key, base_dir)
+                keys.append(resolve_secret(ref, base_dir))
             except LookupError as exc:
-                problems.append(f"providers[{i}].api_key (provider `{prov.name}`): {exc}")
-                continue
-        adapters[prov.name] = OpenAIAdapter(prov, timeouts, client, api_key)
+                problems.append(f"{where} (provider `{prov.name}`): {exc}")
+        if len(keys) != len(refs):
+            continue
+        ring = KeyRing(keys) if keys else None
+        match prov.kind:
+            case "openai" if prov.base_url is None:
+                problems.append(f"providers[{i}] (provider `{prov.name}`): presets are not supported yet")
+            case "openai":
+                adapters[prov.name] = OpenAIAdapter(prov, timeouts, client, keys[0] if keys else None)
+            case "anthropic":
+                adapters[prov.name] = AnthropicAdapter(prov, timeouts, client, ring)
+            case _:
+                problems.append(f"providers[{i}] (provider `{prov.name}`): kind `{prov.kind}` has no adapter yet")
     if problems:
         raise ConfigError(problems)
     return adapters

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from tollway.config.schema import ModelConfig, ProviderConfig, Timeouts
 from tollway.upstream import UpstreamClient
@@ -30,6 +30,10 @@ class ChatCall:
     stream: bool
     # Client headers that may go upstream (see `tollway.upstream.forwardable_headers`).
     forward_headers: dict[str, str] = field(default_factory=dict)
+    # The API the client called: `body` and `raw` are in its format, and so must be the
+    # `Completion.body` and the stream bytes the adapter produces (translated when the provider
+    # speaks another format).
+    api: Literal["openai", "anthropic"] = "openai"
 
 
 @dataclass(slots=True)

@@ -4,6 +4,11 @@ OpenAI format: `{"error": {"message", "type", "param", "code", "request_id"}}`. 
 `type` values follow OpenAI's (`invalid_request_error`, `authentication_error`,
 `permission_error`, `rate_limit_error`, `server_error`) plus `upstream_error` for failures of
 the provider behind the gateway; `code` is tollway's own, stable, snake_case reason.
+
+Anthropic format: `{"type": "error", "error": {"type", "message"}, "request_id"}`, with
+Anthropic's type names chosen from the status (`invalid_request_error`, `authentication_error`,
+`permission_error`, `not_found_error`, `rate_limit_error`, `timeout_error`, `api_error`,
+`overloaded_error`: the names the Anthropic SDK's `ErrorResponse` type accepts).
 """
 
 from __future__ import annotations
@@ -41,6 +46,37 @@ class ApiError:
         """The same error as a final SSE event, for a stream that has already started."""
         return b"data: " + self.openai_body(request_id) + b"\n\n"
 
+    @property
+    def anthropic_type(self) -> str:
+        """Anthropic's error type for this error, chosen by status as Anthropic does."""
+        match self.status:
+            case 401:
+                return "authentication_error"
+            case 403:
+                return "permission_error"
+            case 404:
+                return "not_found_error"
+            case 429:
+                return "rate_limit_error"
+            case 504:
+                return "timeout_error"
+            case 529:
+                return "overloaded_error"
+            case status if status < 500:
+                return "invalid_request_error"
+            case _:
+                return "api_error"
+
+    def anthropic_body(self, request_id: str) -> bytes:
+        """The error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}, "request_id"}`."""
+        return orjson.dumps(
+            {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}, "request_id": request_id}
+        )
+
+    def anthropic_event(self, request_id: str) -> bytes:
+        """The same error as Anthropic's final `error` stream event, for a stream that has started."""
+        return b"event: error\ndata: " + self.anthropic_body(request_id) + b"\n\n"
+
 
 def invalid_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
     return ApiError(400, "invalid_request_error", code, message, param)
@@ -67,3 +103,5 @@ def from_failure(failure: Failure) -> ApiError:
             return ApiError(502, "upstream_error", "upstream_bad_response", failure.message)
         case FailureKind.BROKEN_STREAM:
             return ApiError(502, "upstream_error", "upstream_broken_stream", failure.message)
+        case FailureKind.CONTEXT_LENGTH:
+            return ApiError(400, "invalid_request_error", "context_length_exceeded", failure.message, "messages")

@@ -1,0 +1,141 @@
+"""Anthropic's Messages API (`kind = "anthropic"`).
+
+An Anthropic-format client is relayed: the body goes upstream as sent (only `model` is
+replaced by the upstream name) and events are forwarded as they arrive, with usage and the end
+of the stream read from `message_start`, `message_delta` and `message_stop`. An OpenAI-format
+client is translated both ways (`_anthropic_format`), events one by one.
+
+Auth: `x-api-key` (several keys rotate, see `_keys`), and `anthropic-version` (the client's own
+header when an Anthropic client sent one, else `api_version` from the config, else
+`2023-06-01`). An Anthropic client's other headers (such as `anthropic-beta`) pass through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+
+from tollway._native import SseParser
+from tollway.config.schema import ProviderConfig, Timeouts
+from tollway.config.secrets import Secret
+from tollway.errors import ConfigError, SseError, TranslationError, UpstreamError
+from tollway.providers._anthropic_format import (
+    ANTHROPIC_VERSION,
+    AnthropicStreamDecoder,
+    anthropic_message_to_openai,
+    openai_request_to_anthropic,
+    usage_from_anthropic,
+)
+from tollway.providers._common import (
+    HttpAdapter,
+    broken_stream,
+    client_body,
+    client_encoder,
+    parse_json_object,
+    request_untranslatable,
+)
+from tollway.providers._keys import KeyRing
+from tollway.providers.base import ChatCall, Completion, StreamSink
+from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
+from tollway.usage import Usage
+
+DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+# Events a relayed stream reads: usage, the end, and errors. The others are only checked to be JSON.
+_TRACKED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+
+
+class AnthropicAdapter(HttpAdapter):
+    kind = "anthropic"
+
+    def __init__(
+        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, keys: KeyRing | None
+    ) -> None:
+        super().__init__(config, timeouts, client, keys)
+        self.endpoint = Endpoint.parse((config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/messages")
+        self.version = config.api_version or ANTHROPIC_VERSION
+        self.default_max_tokens = config.default_max_tokens
+        if any("\r" in v or "\n" in v for v in self.extra_headers.values()):
+            raise ConfigError([f"provider `{self.name}`: a header value contains a line break"])
+
+    def _headers_for(self, call: ChatCall) -> Callable[[Secret | None], dict[str, str]]:
+        base: dict[str, str] = {}
+        if call.api == "anthropic":
+            base.update(call.forward_headers)  # `anthropic-beta`, `anthropic-version`, ...
+        base.setdefault("anthropic-version", self.version)
+        base["content-type"] = "application/json"
+        base["accept"] = "text/event-stream" if call.stream else "application/json"
+        base.update(self.extra_headers)
+
+        def headers(key: Secret | None) -> dict[str, str]:
+            return {**base, "x-api-key": key.reveal()} if key is not None else base
+
+        return headers
+
+    def _body(self, call: ChatCall) -> bytes:
+        upstream = call.model.upstream_model
+        if call.api == "anthropic":
+            return call.raw if call.body.get("model") == upstream else orjson.dumps({**call.body, "model": upstream})
+        try:
+            body = openai_request_to_anthropic(call.body, upstream, self.default_max_tokens)
+        except TranslationError as exc:
+            raise request_untranslatable(self.name, self.kind, exc) from None
+        return orjson.dumps(body)
+
+    @staticmethod
+    def _passed_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+        request_id = headers.get("request-id")
+        return [("x-upstream-request-id", request_id)] if request_id else []
+
+    async def chat(self, call: ChatCall) -> Completion:
+        resp, deadline = await self.post(self.endpoint, self._body(call), self._headers_for(call))
+        payload = await resp.read(deadline)
+        message = parse_json_object(self.name, payload)
+        passed = self._passed_headers(resp.headers)
+        if call.api == "anthropic":
+            return Completion(body=payload, usage=usage_from_anthropic(message.get("usage")), headers=passed)
+        completion, usage = anthropic_message_to_openai(message)
+        return Completion(body=client_body(self.name, call, completion, usage), usage=usage, headers=passed)
+
+    async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
+        resp, deadline = await self.post(self.endpoint, self._body(call), self._headers_for(call))
+        try:
+            self.check_content_type(resp, "text/event-stream")
+            if call.api == "anthropic":
+                return await self._relay(resp, deadline, sink)
+            decoder = AnthropicStreamDecoder(self.name)
+            return await self.pump_sse(resp, deadline, decoder, client_encoder(call, call.model.upstream_model), sink)
+        finally:
+            resp.close()
+
+    async def _relay(self, resp: UpstreamResponse, deadline: float, sink: StreamSink) -> Usage | None:
+        """Forward an Anthropic stream to an Anthropic client, reading only what the gateway needs."""
+        parser = SseParser()
+        tracker = AnthropicStreamDecoder(self.name)
+        try:
+            async for chunk in resp.chunks(self.timeouts, deadline):
+                out: list[bytes] = []
+                try:
+                    for event in parser.feed(chunk):
+                        if event.event in _TRACKED_EVENTS or event.event is None:
+                            tracker.feed(event.data)
+                        else:
+                            orjson.loads(event.data)  # never relay an event the client cannot parse
+                        out.append(event.to_bytes())
+                except (UpstreamError, orjson.JSONDecodeError):
+                    if out:  # what arrived before the bad event still reaches the client
+                        await sink.send(b"".join(out))
+                    raise
+                if out:
+                    await sink.send(b"".join(out))
+        except SseError as exc:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
+            ) from None
+        except orjson.JSONDecodeError:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
+            ) from None
+        if not tracker.complete:
+            raise broken_stream(self.name, "ended the stream before `message_stop`")
+        return tracker.usage

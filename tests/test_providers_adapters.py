@@ -1,0 +1,199 @@
+"""Every provider adapter end to end against the mock upstream (a real HTTP server speaking each
+provider's wire format), for both client APIs, streamed and not, with tools and reasoning; the
+results are read with the official SDKs' types. Faults are in `test_providers_faults.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from conftest import Server
+from providers_support import (
+    USER,
+    WEATHER_TOOL_ANTHROPIC,
+    WEATHER_TOOL_OPENAI,
+    anthropic_message,
+    anthropic_stream,
+    openai_completion,
+    openai_stream,
+    run,
+)
+from tollway.testing.mock_providers import REPLY, THINKING, TOOL_PREAMBLE
+from tollway.usage import Usage
+
+KINDS = ["anthropic"]
+
+
+def openai_body(**extra: Any) -> dict[str, Any]:
+    return {"model": "alias", "messages": USER, "max_tokens": 200, **extra}
+
+
+def anthropic_body(**extra: Any) -> dict[str, Any]:
+    return {"model": "alias", "max_tokens": 200, "messages": USER, **extra}
+
+
+def reported(mock: Server) -> dict[str, Any]:
+    """The usage the mock reported for the last request, in `Usage` terms."""
+    usage = mock.get_json("/_mock/last")["usage"]
+    return dict(usage)
+
+
+def assert_usage(usage: Usage | None, mock: Server) -> None:
+    assert usage is not None
+    expected = reported(mock)
+    assert {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    } == expected
+    assert usage.cached_tokens > 0  # the mock always reports cache reads: they must survive translation
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_openai_client_plain_answer(kind: str, mock_providers: Server) -> None:
+    out = run(kind, mock_providers.url, "plain", openai_body())
+    completion = openai_completion(out.body)
+    assert completion.choices[0].message.content == REPLY
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.prompt_tokens == out.usage.prompt_tokens  # type: ignore[union-attr]
+    assert_usage(out.usage, mock_providers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_openai_client_stream(kind: str, mock_providers: Server) -> None:
+    out = run(
+        kind, mock_providers.url, "plain", openai_body(stream=True, stream_options={"include_usage": True}), stream=True
+    )
+    _, final = openai_stream(out.body)
+    assert final.choices[0].message.content == REPLY
+    assert final.choices[0].finish_reason == "stop"
+    assert len(out.chunks) > 3, "the stream must be forwarded as it arrives, not buffered"
+    assert final.usage is not None and final.usage.completion_tokens == out.usage.completion_tokens  # type: ignore[union-attr]
+    assert_usage(out.usage, mock_providers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_openai_client_stream_without_usage_option(kind: str, mock_providers: Server) -> None:
+    out = run(kind, mock_providers.url, "plain", openai_body(stream=True), stream=True)
+    chunks, _ = openai_stream(out.body)
+    assert b'"usage"' not in out.body and all(c.choices for c in chunks)
+    assert_usage(out.usage, mock_providers)  # the gateway still measured it
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_client_tool_call(kind: str, stream: bool, mock_providers: Server) -> None:
+    body = openai_body(tools=[WEATHER_TOOL_OPENAI], tool_choice="auto", stream=stream)
+    out = run(kind, mock_providers.url, "tool-call", body, stream=stream)
+    final = openai_stream(out.body)[1] if stream else openai_completion(out.body)
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == TOOL_PREAMBLE
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and orjson.loads(call.function.arguments) == {"city": "Paris"}
+    assert call.id
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_client_plain_answer(kind: str, stream: bool, mock_providers: Server) -> None:
+    out = run(kind, mock_providers.url, "plain", anthropic_body(stream=stream), api="anthropic", stream=stream)
+    message = anthropic_stream(out.body)[1] if stream else anthropic_message(out.body)
+    assert [b.type for b in message.content] == ["text"]
+    assert message.content[0].text == REPLY  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
+    usage = out.usage
+    assert usage is not None
+    assert message.usage.output_tokens == usage.completion_tokens
+    assert message.usage.cache_read_input_tokens == usage.cached_tokens
+    assert_usage(usage, mock_providers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_client_tool_use(kind: str, stream: bool, mock_providers: Server) -> None:
+    body = anthropic_body(tools=[WEATHER_TOOL_ANTHROPIC], tool_choice={"type": "auto"}, stream=stream)
+    out = run(kind, mock_providers.url, "tool-call", body, api="anthropic", stream=stream)
+    message = anthropic_stream(out.body)[1] if stream else anthropic_message(out.body)
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    tool = message.content[1]
+    assert tool.name == "get_weather" and tool.input == {"city": "Paris"}  # type: ignore[union-attr]
+    assert message.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_client_thinking(kind: str, stream: bool, mock_providers: Server) -> None:
+    body = anthropic_body(max_tokens=4000, thinking={"type": "enabled", "budget_tokens": 2048}, stream=stream)
+    out = run(kind, mock_providers.url, "think", body, api="anthropic", stream=stream)
+    message = anthropic_stream(out.body)[1] if stream else anthropic_message(out.body)
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == THINKING  # type: ignore[union-attr]
+    assert out.usage is not None and out.usage.reasoning_tokens == len(THINKING.split())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_anthropic_client_multi_turn_with_tool_result(kind: str, mock_providers: Server) -> None:
+    messages = [
+        *USER,
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_7", "name": "get_weather", "input": {"city": "Oslo"}},
+            ],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_7", "content": "cold"}]},
+    ]
+    body = anthropic_body(messages=messages, tools=[WEATHER_TOOL_ANTHROPIC], system="Be brief.")
+    out = run(kind, mock_providers.url, "tool-call", body, api="anthropic")
+    message = anthropic_message(out.body)
+    assert message.content[0].text == REPLY  # type: ignore[union-attr]  # a tool result came back: it answers
+
+
+# -- what each provider received ------------------------------------------------------------------
+
+
+def test_anthropic_provider_receives_a_translated_openai_request(mock_providers: Server) -> None:
+    body = {
+        "model": "alias",
+        "messages": [{"role": "system", "content": "Be brief."}, *USER],
+        "temperature": 0.3,
+        "stop": ["END"],
+    }
+    run("anthropic", mock_providers.url, "claude-up", body)
+    last = mock_providers.get_json("/_mock/last")
+    assert last["path"] == "/v1/messages"
+    assert last["headers"]["x-api-key"] == "test-key-1"
+    assert last["headers"]["anthropic-version"] == "2023-06-01"
+    assert last["body"] == {
+        "model": "claude-up",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": USER[0]["content"]}]}],
+        "max_tokens": 4096,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "temperature": 0.3,
+        "stop_sequences": ["END"],
+    }
+
+
+def test_anthropic_provider_relays_an_anthropic_request(mock_providers: Server) -> None:
+    body = anthropic_body(system=[{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}], top_k=5)
+    run("anthropic", mock_providers.url, "claude-up", body, api="anthropic")
+    sent = mock_providers.get_json("/_mock/last")["body"]
+    assert sent == {**body, "model": "claude-up"}  # as sent, but the upstream model name
+
+
+def test_anthropic_key_rotation_skips_a_rejected_key(mock_providers: Server) -> None:
+    mock_providers.request("POST", "/_mock/reset")
+    keys = '[{{ env = "TW_TEST_BAD_KEY" }}, {{ env = "TW_TEST_KEY" }}]'
+    table = f'kind = "anthropic"\nbase_url = "{{url}}/v1"\napi_key = {keys}'
+    out = run("anthropic", mock_providers.url, "plain", openai_body(), calls=3, table=table)
+    assert openai_completion(out.body).choices[0].message.content == REPLY
+    keys = [r["headers"]["x-api-key"] for r in mock_providers.get_json("/_mock/requests")]
+    # Call 1 starts at the bad key (401) and moves on; the bad key then cools down, so calls 2
+    # and 3 go straight to the good one.
+    assert keys == ["bad-key-0", "test-key-1", "test-key-1", "test-key-1"]
