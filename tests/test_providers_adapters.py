@@ -23,7 +23,7 @@ from providers_support import (
 from tollway.testing.mock_providers import REPLY, THINKING, TOOL_PREAMBLE
 from tollway.usage import Usage
 
-KINDS = ["anthropic"]
+KINDS = ["anthropic", "openai"]
 
 
 def openai_body(**extra: Any) -> dict[str, Any]:
@@ -197,3 +197,53 @@ def test_anthropic_key_rotation_skips_a_rejected_key(mock_providers: Server) -> 
     # Call 1 starts at the bad key (401) and moves on; the bad key then cools down, so calls 2
     # and 3 go straight to the good one.
     assert keys == ["bad-key-0", "test-key-1", "test-key-1", "test-key-1"]
+
+
+def test_openai_provider_receives_a_translated_anthropic_request(mock_providers: Server) -> None:
+    messages = [
+        *USER,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "rain"}]},
+    ]
+    body = anthropic_body(
+        system="Be brief.",
+        messages=messages,
+        tools=[WEATHER_TOOL_ANTHROPIC],
+        top_k=3,
+        stream=True,
+        stop_sequences=["X"],
+    )
+    run("openai", mock_providers.url, "gpt-up", body, api="anthropic", stream=True)
+    last = mock_providers.get_json("/_mock/last")
+    assert last["path"] == "/v1/chat/completions"
+    assert last["headers"]["authorization"] == "Bearer test-key-1"
+    assert "anthropic-version" not in last["headers"]
+    assert last["body"] == {
+        "model": "gpt-up",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": USER[0]["content"]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "rain"},
+        ],
+        "max_tokens": 200,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "stop": ["X"],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "The weather in a city",
+                    "parameters": WEATHER_TOOL_ANTHROPIC["input_schema"],
+                },
+            }
+        ],
+    }  # `top_k` has no OpenAI equivalent: dropped

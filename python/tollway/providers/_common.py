@@ -83,6 +83,14 @@ def _short(message: str) -> str:
     return message if len(message) <= 500 else message[:497] + "..."
 
 
+def is_context_length(status: int, payload: bytes) -> bool:
+    """Whether an error answer says the input exceeds the model's context window."""
+    if status not in (400, 413, 422):
+        return False
+    message, code = error_details(payload)
+    return code == "context_length_exceeded" or bool(_CONTEXT_LENGTH.search(f"{message or ''} {code or ''}"))
+
+
 def status_failure(provider: str, status: int, payload: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """The failure for a non-2xx answer (see the table at the top of this module)."""
     message, code = error_details(payload)
@@ -97,7 +105,7 @@ def status_failure(provider: str, status: int, payload: bytes, headers: Mapping[
     elif status in (401, 403) or (status == 400 and _INVALID_KEY.search(text)):
         kind = FailureKind.CREDENTIALS
         text = f"provider `{provider}` rejected the gateway's credentials ({status}); check its `api_key`"
-    elif status in (400, 413, 422) and (code == "context_length_exceeded" or _CONTEXT_LENGTH.search(text)):
+    elif is_context_length(status, payload):
         kind = FailureKind.CONTEXT_LENGTH
         text = f"provider `{provider}` says the request exceeds the model's context window ({status}){detail}"
     elif 400 <= status < 500:
@@ -179,6 +187,18 @@ def broken_stream(provider: str, what: str) -> UpstreamError:
     return upstream_failure(Failure(FailureKind.BROKEN_STREAM, provider, f"provider `{provider}` {what}"))
 
 
+def check_content_type(provider: str, resp: UpstreamResponse, expected: str) -> None:
+    ctype = resp.headers.get("content-type", "")
+    if not ctype.startswith(expected):
+        raise upstream_failure(
+            Failure(
+                FailureKind.BAD_RESPONSE,
+                provider,
+                f"provider `{provider}` answered a stream request with `{ctype or 'no content type'}`",
+            )
+        )
+
+
 class HttpAdapter(ProviderAdapter):
     """An adapter that POSTs JSON to a provider, with optional key rotation."""
 
@@ -216,36 +236,41 @@ class HttpAdapter(ProviderAdapter):
         raise last
 
     def check_content_type(self, resp: UpstreamResponse, expected: str) -> None:
-        ctype = resp.headers.get("content-type", "")
-        if not ctype.startswith(expected):
-            raise upstream_failure(
-                Failure(
-                    FailureKind.BAD_RESPONSE,
-                    self.name,
-                    f"provider `{self.name}` answered a stream request with `{ctype or 'no content type'}`",
-                )
-            )
+        check_content_type(self.name, resp, expected)
 
     async def pump_sse(
         self, resp: UpstreamResponse, deadline: float, decoder: SseDecoder, encoder: StreamEncoder, sink: StreamSink
     ) -> Usage | None:
-        """Translate an SSE stream event by event; what one network chunk completes leaves in one write."""
-        parser = SseParser()
-        try:
-            async for chunk in resp.chunks(self.timeouts, deadline):
-                out: list[bytes] = []
-                for event in parser.feed(chunk):
-                    parts = decoder.feed(event.data)
-                    if parts:
-                        out.extend(encoder.encode(parts))
-                if out:
-                    await sink.send(b"".join(out))
-        except SseError as exc:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
-            ) from None
-        if not decoder.complete:
-            raise broken_stream(self.name, "ended the stream before its end event")
-        usage = decoder.usage
-        await sink.send(b"".join(encoder.finish(usage)))
-        return usage
+        return await pump_sse(self.name, self.timeouts, resp, deadline, decoder, encoder, sink)
+
+
+async def pump_sse(
+    provider: str,
+    timeouts: Timeouts,
+    resp: UpstreamResponse,
+    deadline: float,
+    decoder: SseDecoder,
+    encoder: StreamEncoder,
+    sink: StreamSink,
+) -> Usage | None:
+    """Translate an SSE stream event by event; what one network chunk completes leaves in one
+    write. A stream without its end event is broken, whatever came before."""
+    parser = SseParser()
+    try:
+        async for chunk in resp.chunks(timeouts, deadline):
+            out: list[bytes] = []
+            for event in parser.feed(chunk):
+                parts = decoder.feed(event.data)
+                if parts:
+                    out.extend(encoder.encode(parts))
+            if out:
+                await sink.send(b"".join(out))
+    except SseError as exc:
+        raise upstream_failure(
+            Failure(FailureKind.BAD_RESPONSE, provider, f"provider `{provider}` sent a malformed stream: {exc}")
+        ) from None
+    if not decoder.complete:
+        raise broken_stream(provider, "ended the stream before its end event")
+    usage = decoder.usage
+    await sink.send(b"".join(encoder.finish(usage)))
+    return usage

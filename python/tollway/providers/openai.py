@@ -20,6 +20,8 @@ from tollway._native import OpenAIChatStream
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
 from tollway.errors import ConfigError, SseError, StreamFormatError, UpstreamError
+from tollway.providers import _openai_wire
+from tollway.providers._common import is_context_length
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage, usage_from_openai
@@ -76,6 +78,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     async def chat(self, call: ChatCall) -> Completion:
         assert self.client is not None
+        if call.api == "anthropic":  # an Anthropic-format client: translated both ways
+            return await _openai_wire.chat_for_anthropic_client(self, call)
         body, _ = self._request_body(call)
         resp, deadline = await self.client.post(
             self.name, self.chat_endpoint, body, self._request_headers(call, False), self.timeouts
@@ -94,6 +98,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
         assert self.client is not None
+        if call.api == "anthropic":
+            return await _openai_wire.stream_for_anthropic_client(self, call, sink)
         body, injected = self._request_body(call)
         resp, deadline = await self.client.post(
             self.name, self.chat_endpoint, body, self._request_headers(call, True), self.timeouts
@@ -151,6 +157,9 @@ class OpenAIAdapter(ProviderAdapter):
         elif status in (401, 403):
             kind = FailureKind.CREDENTIALS
             message = f"provider `{self.name}` rejected the gateway's credentials ({status}); check its `api_key`"
+        elif is_context_length(status, payload):  # a fallback to a longer-context model may help
+            kind = FailureKind.CONTEXT_LENGTH
+            message = f"provider `{self.name}` says the request exceeds the model's context window{detail}"
         elif 400 <= status < 500:
             kind = FailureKind.CLIENT_ERROR
             message = f"provider `{self.name}` rejected the request ({status}){detail}"

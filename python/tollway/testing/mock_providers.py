@@ -378,7 +378,8 @@ class Format:
             message["reasoning_content"] = answer.thinking
         if answer.tool is not None:
             name, args = answer.tool
-            call = {"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": _dumps(args)}}
+            function = {"name": name, "arguments": _dumps(args).decode()}
+            call = {"id": "call_mock1", "type": "function", "function": function}
             message["tool_calls"] = [call]
         finish = {"stop": "stop", "length": "length", "tool": "tool_calls"}[answer.stop]
         return {
