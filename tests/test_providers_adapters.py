@@ -23,7 +23,7 @@ from providers_support import (
 from tollway.testing.mock_providers import REPLY, THINKING, TOOL_PREAMBLE
 from tollway.usage import Usage
 
-KINDS = ["anthropic", "openai"]
+KINDS = ["anthropic", "openai", "gemini"]
 
 
 def openai_body(**extra: Any) -> dict[str, Any]:
@@ -187,16 +187,33 @@ def test_anthropic_provider_relays_an_anthropic_request(mock_providers: Server) 
     assert sent == {**body, "model": "claude-up"}  # as sent, but the upstream model name
 
 
-def test_anthropic_key_rotation_skips_a_rejected_key(mock_providers: Server) -> None:
+ROTATING = {
+    "anthropic": ("x-api-key", 'kind = "anthropic"\nbase_url = "{{url}}/v1"\napi_key = {keys}'),
+    "gemini": ("x-goog-api-key", 'kind = "gemini"\nbase_url = "{{url}}/v1beta"\napi_key = {keys}'),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ROTATING))
+def test_key_rotation_skips_a_rejected_key(kind: str, mock_providers: Server) -> None:
     mock_providers.request("POST", "/_mock/reset")
+    header, table = ROTATING[kind]
     keys = '[{{ env = "TW_TEST_BAD_KEY" }}, {{ env = "TW_TEST_KEY" }}]'
-    table = f'kind = "anthropic"\nbase_url = "{{url}}/v1"\napi_key = {keys}'
-    out = run("anthropic", mock_providers.url, "plain", openai_body(), calls=3, table=table)
+    out = run(kind, mock_providers.url, "plain", openai_body(), calls=3, table=table.format(keys=keys))
     assert openai_completion(out.body).choices[0].message.content == REPLY
-    keys = [r["headers"]["x-api-key"] for r in mock_providers.get_json("/_mock/requests")]
-    # Call 1 starts at the bad key (401) and moves on; the bad key then cools down, so calls 2
-    # and 3 go straight to the good one.
-    assert keys == ["bad-key-0", "test-key-1", "test-key-1", "test-key-1"]
+    sent = [r["headers"][header] for r in mock_providers.get_json("/_mock/requests")]
+    # Call 1 starts at the bad key (rejected) and moves on; the bad key then cools down, so
+    # calls 2 and 3 go straight to the good one.
+    assert sent == ["bad-key-0", "test-key-1", "test-key-1", "test-key-1"]
+
+
+@pytest.mark.parametrize("kind", sorted(ROTATING))
+def test_key_rotation_spreads_calls_and_skips_a_rate_limited_key(kind: str, mock_providers: Server) -> None:
+    mock_providers.request("POST", "/_mock/reset")
+    header, table = ROTATING[kind]
+    keys = '[{{ env = "TW_TEST_KEY" }}, {{ env = "TW_TEST_KEY2" }}, {{ env = "TW_TEST_LIMITED_KEY" }}]'
+    run(kind, mock_providers.url, "plain", openai_body(), calls=4, table=table.format(keys=keys))
+    sent = [r["headers"][header] for r in mock_providers.get_json("/_mock/requests")]
+    assert sent == ["test-key-1", "test-key-2", "limited-key-0", "test-key-1", "test-key-2"]
 
 
 def test_openai_provider_receives_a_translated_anthropic_request(mock_providers: Server) -> None:
@@ -247,3 +264,44 @@ def test_openai_provider_receives_a_translated_anthropic_request(mock_providers:
             }
         ],
     }  # `top_k` has no OpenAI equivalent: dropped
+
+
+def test_gemini_provider_receives_a_translated_request(mock_providers: Server) -> None:
+    body = openai_body(messages=[{"role": "system", "content": "Be brief."}, *USER], temperature=0.1)
+    run("gemini", mock_providers.url, "gemini-up", body)
+    last = mock_providers.get_json("/_mock/last")
+    assert last["path"] == "/v1beta/models/gemini-up:generateContent"
+    assert last["headers"]["x-goog-api-key"] == "test-key-1"
+    assert last["body"] == {
+        "contents": [{"role": "user", "parts": [{"text": USER[0]["content"]}]}],
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "generationConfig": {"temperature": 0.1, "maxOutputTokens": 200},
+    }
+    run("gemini", mock_providers.url, "gemini-up", openai_body(stream=True), stream=True)
+    last = mock_providers.get_json("/_mock/last")
+    assert last["path"] == "/v1beta/models/gemini-up:streamGenerateContent" and last["query"] == {"alt": "sse"}
+
+
+def test_gemini_thought_signature_round_trip(mock_providers: Server) -> None:
+    """A Gemini function call's thought signature goes to the client in the tool call id and
+    back to Gemini with the call, as Gemini 3 requires."""
+    from tollway.testing.mock_providers import GEMINI_THOUGHT_SIGNATURE
+
+    out = run("gemini", mock_providers.url, "tool-call", openai_body(tools=[WEATHER_TOOL_OPENAI]))
+    message = openai_completion(out.body).choices[0].message
+    history = [
+        *USER,
+        message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "sunny"},  # type: ignore[index]
+    ]
+    run("gemini", mock_providers.url, "tool-call", openai_body(messages=history, tools=[WEATHER_TOOL_OPENAI]))
+    contents = mock_providers.get_json("/_mock/last")["body"]["contents"]
+    call = contents[1]["parts"][-1]
+    assert call == {
+        "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+        "thoughtSignature": GEMINI_THOUGHT_SIGNATURE,
+    }
+    assert contents[2] == {
+        "role": "user",
+        "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}}],
+    }

@@ -13,7 +13,7 @@ from tollway.errors import UpstreamError
 from tollway.testing.mock_providers import REPLY
 from tollway.upstream import FailureKind, failure_of
 
-KINDS = ["anthropic", "openai"]
+KINDS = ["anthropic", "openai", "gemini"]
 APIS = ["openai", "anthropic"]
 
 # (model, streamed, expected kind)

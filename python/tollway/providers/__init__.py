@@ -19,6 +19,7 @@ def build_adapters(
     """One adapter per configured provider; raise `ConfigError` listing every unloadable secret."""
     from tollway.providers._keys import KeyRing
     from tollway.providers.anthropic import AnthropicAdapter
+    from tollway.providers.gemini import GeminiAdapter
     from tollway.providers.mock import MockAdapter
     from tollway.providers.openai import OpenAIAdapter
 
@@ -47,6 +48,8 @@ def build_adapters(
                 adapters[prov.name] = OpenAIAdapter(prov, timeouts, client, keys[0] if keys else None)
             case "anthropic":
                 adapters[prov.name] = AnthropicAdapter(prov, timeouts, client, ring)
+            case "gemini":
+                adapters[prov.name] = GeminiAdapter(prov, timeouts, client, ring)
             case _:
                 problems.append(f"providers[{i}] (provider `{prov.name}`): kind `{prov.kind}` has no adapter yet")
     if problems:

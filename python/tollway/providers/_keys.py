@@ -1,6 +1,6 @@
 """Several API keys for one provider, rotated round-robin, with cool-downs.
 
-Each call starts at the next key in turn (spreading load over the keys); a key the provider
+Each call starts at the key after the one used last (spreading load over the keys); a key the provider
 rate-limited (429) or rejected (401/403, or Gemini's 400 "API key not valid") cools down and is
 skipped until its cool-down ends: the provider's `Retry-After` when it sent one, else 30 s for
 a rate limit and 5 minutes for a rejection (a revoked key is retried now and then, so a key put
@@ -63,16 +63,18 @@ class KeyRing:
         when none is ready, the one that recovers first."""
         n = len(self._keys)
         start = self._next
-        self._next = (start + 1) % n
         now = self._clock()
         ready = [i for i in ((start + k) % n for k in range(n)) if self._cool_until[i] <= now]
         if not ready:
-            yield self._keys[min(range(n), key=lambda i: self._cool_until[i])]
+            soonest = min(range(n), key=lambda i: self._cool_until[i])
+            self._next = (soonest + 1) % n
+            yield self._keys[soonest]
             return
         for position, index in enumerate(ready):
             # Another call may have cooled this key while the previous attempt was awaited.
             if position > 0 and self._cool_until[index] > self._clock():
                 continue
+            self._next = (index + 1) % n  # the next call starts after the key used last
             yield self._keys[index]
 
     def cool_down(self, key: Secret, status: int, retry_after: str | None = None) -> None:
