@@ -32,6 +32,7 @@
 //! counted ([`OpenAIChatStream::dropped_text_bytes`]), so a count from it is a lower bound.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use memchr::memmem;
 use serde::Deserialize;
@@ -97,6 +98,11 @@ impl OpenAIChatStream {
             return Err(err.clone());
         }
         self.out.clear();
+        // Room for this chunk at once: what is forwarded and kept is never much more than it.
+        self.out.reserve(chunk.len() + 64);
+        if self.pending.len() + chunk.len() <= self.max_pending {
+            self.pending.reserve(chunk.len());
+        }
         let mut state = Relay {
             strip_usage: self.strip_usage,
             max_pending: self.max_pending,
@@ -190,7 +196,8 @@ impl Relay<'_> {
             return;
         }
         let bytes = data.as_bytes();
-        if memmem::find(bytes, b"\"usage\"").is_some() && !only_usage_null(bytes) {
+        let (has_usage_object, usage_null_at) = usage_members(bytes);
+        if has_usage_object {
             match serde_json::from_str::<UsageProbe<'_>>(data) {
                 Ok(probe) => {
                     if let Some(usage) = probe.usage.filter(|u| u.get().starts_with('{')) {
@@ -209,7 +216,7 @@ impl Relay<'_> {
             }
         }
         self.keep(data);
-        if self.strip_usage && memmem::find(bytes, USAGE_NULL).is_some() {
+        if let Some(first) = usage_null_at.filter(|_| self.strip_usage) {
             let plain = event.event.is_none()
                 && event.id.is_none()
                 && event.retry.is_none()
@@ -218,9 +225,11 @@ impl Relay<'_> {
                 // The common case, written without an intermediate copy.
                 self.out.extend_from_slice(b"data: ");
                 let mut rest = bytes;
-                while let Some(at) = memmem::find(rest, USAGE_NULL) {
-                    self.out.extend_from_slice(&rest[..at]);
-                    rest = &rest[at + USAGE_NULL.len()..];
+                let mut at = Some(first);
+                while let Some(i) = at {
+                    self.out.extend_from_slice(&rest[..i]);
+                    rest = &rest[i + USAGE_NULL.len()..];
+                    at = find_usage_null(rest);
                 }
                 self.out.extend_from_slice(rest);
                 self.out.extend_from_slice(b"\n\n");
@@ -248,10 +257,49 @@ impl Relay<'_> {
     }
 }
 
-/// True when every `"usage"` in the data is the `"usage":null` member: no usage to read.
-fn only_usage_null(bytes: &[u8]) -> bool {
-    let usages = memmem::find_iter(bytes, b"\"usage\"").count();
-    usages == memmem::find_iter(bytes, b"\"usage\":null").count()
+// The needles start past the quote: memchr's prefilter looks for the needle's rarest bytes,
+// and it ranks `"` as rare, which in JSON it is not (every quote would be a false candidate).
+static USAGE_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"usage\""));
+static USAGE_NULL_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"usage\":null"));
+
+/// One scan for `"usage"` members: whether one may hold an object (then the chunk is read as
+/// JSON to be sure: the scan cannot tell a key from text inside a string, the parse can), and
+/// where the first `,"usage":null` starts (the member the gateway's `include_usage` adds).
+fn usage_members(bytes: &[u8]) -> (bool, Option<usize>) {
+    let (mut object, mut null_at) = (false, None);
+    for at in USAGE_FINDER.find_iter(bytes) {
+        if at == 0 || bytes[at - 1] != b'"' {
+            continue;
+        }
+        let after = &bytes[at + b"usage\"".len()..];
+        let value = after
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+            .map_or(&b""[..], |i| &after[i..]);
+        if value.starts_with(b"null") {
+            if null_at.is_none() && at > 1 && bytes[at - 2] == b',' && after.starts_with(b":null") {
+                null_at = Some(at - 2);
+            }
+        } else {
+            object = true;
+        }
+    }
+    (object, null_at)
+}
+
+/// Where the next `,"usage":null` starts in `bytes`.
+fn find_usage_null(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = USAGE_NULL_FINDER.find(&bytes[from..]) {
+        let at = from + i;
+        if at >= 2 && &bytes[at - 2..at] == b",\"" {
+            return Some(at - 2);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Just enough of a chunk to find its usage and whether it has choices.

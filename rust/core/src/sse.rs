@@ -202,6 +202,18 @@ fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// The value of a `data` line as text (minus one leading space), if the line is a `data` field
+/// and valid UTF-8 (invalid UTF-8 takes the general path, which replaces it).
+fn data_line_value(line: &[u8]) -> Option<&str> {
+    let value = line.strip_prefix(b"data")?;
+    let value = match value.first() {
+        None => value,
+        Some(b':') => value[1..].strip_prefix(b" ").unwrap_or(&value[1..]),
+        Some(_) => return None,
+    };
+    std::str::from_utf8(value).ok()
+}
+
 /// The value of a `retry` field: ASCII digits only, fitting in `u64`.
 fn parse_retry(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
@@ -363,6 +375,16 @@ impl SseParser {
             if self.line.is_empty() {
                 // The common case: the whole line is inside this chunk, no copy.
                 self.check_len(part.len())?;
+                // The most common case of all (every LLM token): one `data` line and the
+                // blank line that ends its event, both here. Dispatch straight from the
+                // chunk; the result is what the general path gives, without the copy.
+                if !self.saw_data && rest.get(end..end + 2) == Some(b"\n\n") {
+                    if let Some(data) = data_line_value(part) {
+                        self.dispatch_single(data, out);
+                        rest = &rest[end + 2..];
+                        continue;
+                    }
+                }
                 self.process_line(part, out);
             } else {
                 self.check_len(self.line.len() + part.len())?;
@@ -440,8 +462,27 @@ impl SseParser {
         }
     }
 
+    /// Dispatch an event whose only data line is `data`, seen with no data before it.
+    fn dispatch_single<F: FnMut(EventRef<'_>)>(&mut self, data: &str, out: &mut F) {
+        // (Both empty on every LLM stream: skip the comparison call.)
+        if !(self.last_event_id.is_empty() && self.id_buffer.is_empty())
+            && self.last_event_id != self.id_buffer
+        {
+            self.last_event_id.clone_from(&self.id_buffer);
+        }
+        out(EventRef {
+            event: (!self.event_type.is_empty()).then_some(self.event_type.as_str()),
+            data,
+            id: (!self.last_event_id.is_empty()).then_some(self.last_event_id.as_str()),
+            retry: self.pending_retry.take(),
+        });
+        self.event_type.clear();
+    }
+
     fn dispatch<F: FnMut(EventRef<'_>)>(&mut self, out: &mut F) {
-        if self.last_event_id != self.id_buffer {
+        if !(self.last_event_id.is_empty() && self.id_buffer.is_empty())
+            && self.last_event_id != self.id_buffer
+        {
             self.last_event_id.clone_from(&self.id_buffer);
         }
         if !std::mem::take(&mut self.saw_data) {
