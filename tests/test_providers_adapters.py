@@ -20,10 +20,18 @@ from providers_support import (
     openai_stream,
     run,
 )
-from tollway.testing.mock_providers import REPLY, THINKING, TOOL_PREAMBLE
+from tollway.errors import UpstreamError
+from tollway.testing.mock_providers import (
+    GEMINI_THOUGHT_SIGNATURE,
+    REPLY,
+    THINKING,
+    THINKING_SIGNATURE,
+    TOOL_PREAMBLE,
+)
+from tollway.upstream import FailureKind, failure_of
 from tollway.usage import Usage
 
-KINDS = ["anthropic", "openai", "gemini"]
+KINDS = ["anthropic", "openai", "gemini", "bedrock"]
 
 
 def openai_body(**extra: Any) -> dict[str, Any]:
@@ -129,11 +137,17 @@ def test_anthropic_client_tool_use(kind: str, stream: bool, mock_providers: Serv
 @pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_client_thinking(kind: str, stream: bool, mock_providers: Server) -> None:
     body = anthropic_body(max_tokens=4000, thinking={"type": "enabled", "budget_tokens": 2048}, stream=stream)
-    out = run(kind, mock_providers.url, "think", body, api="anthropic", stream=stream)
+    # `claude` in the name: Bedrock passes thinking only to Anthropic models; `think`: the mock reasons.
+    out = run(kind, mock_providers.url, "anthropic.claude-think", body, api="anthropic", stream=stream)
     message = anthropic_stream(out.body)[1] if stream else anthropic_message(out.body)
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == THINKING  # type: ignore[union-attr]
-    assert out.usage is not None and out.usage.reasoning_tokens == len(THINKING.split())
+    # The signature Anthropic and Claude on Bedrock need back in the next turn reaches the client.
+    expected_signature = THINKING_SIGNATURE if kind in ("anthropic", "bedrock") else ""
+    assert message.content[0].signature == expected_signature  # type: ignore[union-attr]
+    # Bedrock's Converse usage has no reasoning-token count; the others report one.
+    assert out.usage is not None
+    assert out.usage.reasoning_tokens == (0 if kind == "bedrock" else len(THINKING.split()))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -285,8 +299,6 @@ def test_gemini_provider_receives_a_translated_request(mock_providers: Server) -
 def test_gemini_thought_signature_round_trip(mock_providers: Server) -> None:
     """A Gemini function call's thought signature goes to the client in the tool call id and
     back to Gemini with the call, as Gemini 3 requires."""
-    from tollway.testing.mock_providers import GEMINI_THOUGHT_SIGNATURE
-
     out = run("gemini", mock_providers.url, "tool-call", openai_body(tools=[WEATHER_TOOL_OPENAI]))
     message = openai_completion(out.body).choices[0].message
     history = [
@@ -305,3 +317,33 @@ def test_gemini_thought_signature_round_trip(mock_providers: Server) -> None:
         "role": "user",
         "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}}],
     }
+
+
+def test_bedrock_provider_receives_a_signed_translated_request(mock_providers: Server) -> None:
+    model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+    body = anthropic_body(system="Be brief.", top_k=7, stop_sequences=["END"], temperature=0.5)
+    run("bedrock", mock_providers.url, model, body, api="anthropic")
+    last = mock_providers.get_json("/_mock/last")
+    # The model id is percent-encoded in the path; the mock verified the SigV4 signature over it.
+    assert last["path"] == "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    assert last["model"] == model
+    authorization = last["headers"]["authorization"]
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDMOCKEXAMPLE/")
+    assert "/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=" in authorization
+    assert last["body"] == {
+        "messages": [{"role": "user", "content": [{"text": USER[0]["content"]}]}],
+        "system": [{"text": "Be brief."}],
+        "inferenceConfig": {"maxTokens": 200, "temperature": 0.5, "stopSequences": ["END"]},
+        "additionalModelRequestFields": {"top_k": 7},
+    }
+
+
+def test_bedrock_rejects_a_bad_signature(mock_providers: Server) -> None:
+    table = (
+        'kind = "bedrock"\nbase_url = "{url}"\nregion = "us-east-1"\n'
+        'aws_access_key_id = {{ env = "TW_TEST_AWS_ID" }}\naws_secret_access_key = {{ env = "TW_TEST_KEY" }}'
+    )
+    with pytest.raises(UpstreamError) as info:
+        run("bedrock", mock_providers.url, "plain", openai_body(), table=table)
+    failure = failure_of(info.value)
+    assert failure.kind is FailureKind.CREDENTIALS and failure.upstream_status == 403

@@ -13,7 +13,7 @@ from tollway.errors import UpstreamError
 from tollway.testing.mock_providers import REPLY
 from tollway.upstream import FailureKind, failure_of
 
-KINDS = ["anthropic", "openai", "gemini"]
+KINDS = ["anthropic", "openai", "gemini", "bedrock"]
 APIS = ["openai", "anthropic"]
 
 # (model, streamed, expected kind)

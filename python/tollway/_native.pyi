@@ -104,6 +104,40 @@ class SseParser:
         """The reconnection time the stream asked for, in milliseconds."""
 
 @final
+class EventStreamMessage:
+    """One AWS event-stream message (`application/vnd.amazon.eventstream`), as decoded."""
+
+    @property
+    def headers(self) -> dict[str, str | int | bytes | bool]:
+        """Headers by name (the first of a repeated name wins): `str` for strings, `bytes` for byte
+        arrays and UUIDs, `int` for byte/short/int/long and timestamps (ms since the epoch), `bool`."""
+    def header(self, name: str) -> str | int | bytes | bool | None:
+        """One header's value, or `None`."""
+    @property
+    def payload(self) -> bytes: ...
+
+@final
+class EventStreamDecoder:
+    """Incremental decoder of the AWS event-stream framing (Bedrock `ConverseStream`); one per stream.
+
+    Chunks may be split anywhere. Both CRC-32s are checked; the prelude as soon as its 12 bytes
+    arrive, so a corrupt length fails at once. Chunks of 64 KiB and up are decoded with the GIL
+    released.
+    """
+
+    def __init__(self, max_message_bytes: int = 16_777_216) -> None: ...
+    def feed(self, chunk: bytes) -> list[EventStreamMessage]:
+        """Decode one chunk; return the messages it completes.
+
+        Raises `tollway.errors.EventStreamError` on a CRC mismatch, inconsistent lengths, a message
+        over `max_message_bytes`, or a malformed header; the stream should then be abandoned.
+        """
+    @property
+    def buffered(self) -> int:
+        """Bytes received that are not yet part of a whole message (non-zero at the end of a
+        stream means it was cut inside a message)."""
+
+@final
 class TokenCounter:
     """A tokenizer, chosen once by name and used per request.
 

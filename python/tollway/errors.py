@@ -58,3 +58,8 @@ class TranslationError(TollwayError, ValueError):
     """A request the chosen provider's API cannot express (a feature it lacks, such as a tool type
     or an input kind), or an answer the client's API cannot express. Never a silent change of
     meaning: the adapter turns it into an upstream failure with a message naming the feature."""
+
+
+class EventStreamError(TollwayError, ValueError):
+    """An AWS event stream (`application/vnd.amazon.eventstream`) that cannot be decoded: a CRC
+    mismatch, inconsistent lengths, a message over the size cap, or an unknown header type."""

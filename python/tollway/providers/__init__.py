@@ -19,6 +19,7 @@ def build_adapters(
     """One adapter per configured provider; raise `ConfigError` listing every unloadable secret."""
     from tollway.providers._keys import KeyRing
     from tollway.providers.anthropic import AnthropicAdapter
+    from tollway.providers.bedrock import BedrockAdapter
     from tollway.providers.gemini import GeminiAdapter
     from tollway.providers.mock import MockAdapter
     from tollway.providers.openai import OpenAIAdapter
@@ -50,6 +51,24 @@ def build_adapters(
                 adapters[prov.name] = AnthropicAdapter(prov, timeouts, client, ring)
             case "gemini":
                 adapters[prov.name] = GeminiAdapter(prov, timeouts, client, ring)
+            case "bedrock":
+                aws: dict[str, Secret] = {}
+                for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+                    ref = getattr(prov, field_name)
+                    try:
+                        if ref is not None:
+                            aws[field_name] = resolve_secret(ref, base_dir)
+                    except LookupError as exc:
+                        problems.append(f"providers[{i}].{field_name} (provider `{prov.name}`): {exc}")
+                if "aws_access_key_id" in aws and "aws_secret_access_key" in aws:
+                    adapters[prov.name] = BedrockAdapter(
+                        prov,
+                        timeouts,
+                        client,
+                        aws["aws_access_key_id"],
+                        aws["aws_secret_access_key"],
+                        aws.get("aws_session_token"),
+                    )
             case _:
                 problems.append(f"providers[{i}] (provider `{prov.name}`): kind `{prov.kind}` has no adapter yet")
     if problems:

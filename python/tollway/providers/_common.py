@@ -7,6 +7,7 @@ Failure classification (a provider's HTTP status and error body -> `FailureKind`
 |---|---|
 | 429 | `RATE_LIMITED` (with `Retry-After` when sent) |
 | 401, 403; 400 saying the API key is invalid (Gemini) | `CREDENTIALS` |
+| 408 (the provider's own timeout) | `TIMEOUT` |
 | 400/413/422 whose message says the input exceeds the context window | `CONTEXT_LENGTH` |
 | other 4xx | `CLIENT_ERROR` |
 | 5xx (and Anthropic's 529) | `SERVER_ERROR` |
@@ -105,6 +106,9 @@ def status_failure(provider: str, status: int, payload: bytes, headers: Mapping[
     elif status in (401, 403) or (status == 400 and _INVALID_KEY.search(text)):
         kind = FailureKind.CREDENTIALS
         text = f"provider `{provider}` rejected the gateway's credentials ({status}); check its `api_key`"
+    elif status == 408:  # the provider timed out (Bedrock's ModelTimeoutException)
+        kind = FailureKind.TIMEOUT
+        text = f"provider `{provider}` timed out (408){detail}"
     elif is_context_length(status, payload):
         kind = FailureKind.CONTEXT_LENGTH
         text = f"provider `{provider}` says the request exceeds the model's context window ({status}){detail}"

@@ -323,7 +323,7 @@ class Format:
     """What differs between providers: where things are in a request, and how answers look."""
 
     name: str
-    stream_type: str = "text/event-stream"
+    stream_type: ClassVar[str] = "text/event-stream"
 
     def messages(self, body: dict[str, Any]) -> list[Any]:
         value = body.get("messages")
@@ -700,7 +700,7 @@ class GeminiFormat(Format):
 
 
 class BedrockFormat(Format):
-    stream_type = "application/vnd.amazon.eventstream"
+    stream_type: ClassVar[str] = "application/vnd.amazon.eventstream"
     _TYPES: ClassVar[dict[int, str]] = {
         400: "ValidationException",
         401: "UnrecognizedClientException",

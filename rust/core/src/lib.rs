@@ -2,6 +2,7 @@
 //! with `cargo test`; the PyO3 bindings live in the `tollway-py` crate.
 //!
 //! - [`chat_stream`]: the OpenAI chat stream as the gateway relays it (SSE, usage, output text).
+//! - [`eventstream`]: an incremental decoder for the AWS event-stream binary framing (Bedrock).
 //! - [`limiter`]: rate limiters (GCRA, token bucket), concurrency leases and budget windows,
 //!   with reservations.
 //! - [`policy`]: the compiled policy selector index.
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chat_stream;
+pub mod eventstream;
 pub mod limiter;
 pub mod policy;
 pub mod sse;

@@ -1,10 +1,11 @@
 //! Core errors -> the exceptions defined in `python/tollway/errors.py`.
 
 use pyo3::PyErr;
-use tollway_core::{chat_stream, limiter, policy, sse, tokens};
+use tollway_core::{chat_stream, eventstream, limiter, policy, sse, tokens};
 
 pyo3::import_exception!(tollway.errors, PolicyError);
 pyo3::import_exception!(tollway.errors, SseError);
+pyo3::import_exception!(tollway.errors, EventStreamError);
 pyo3::import_exception!(tollway.errors, StreamFormatError);
 pyo3::import_exception!(tollway.errors, TokenizerError);
 pyo3::import_exception!(tollway.errors, TokenCountError);
@@ -53,5 +54,22 @@ pub fn chat_stream_error(err: chat_stream::ChatStreamError) -> PyErr {
     match err {
         chat_stream::ChatStreamError::Sse(err) => sse_error(err),
         chat_stream::ChatStreamError::NotJson { .. } => StreamFormatError::new_err(err.to_string()),
+    }
+}
+
+/// A total match, as above.
+pub fn eventstream_error(err: eventstream::EventStreamError) -> PyErr {
+    match err {
+        eventstream::EventStreamError::PreludeCrc { .. }
+        | eventstream::EventStreamError::MessageCrc { .. }
+        | eventstream::EventStreamError::TooShort { .. }
+        | eventstream::EventStreamError::TooLarge { .. }
+        | eventstream::EventStreamError::HeadersTooLong { .. }
+        | eventstream::EventStreamError::TruncatedHeader { .. }
+        | eventstream::EventStreamError::EmptyHeaderName { .. }
+        | eventstream::EventStreamError::NotUtf8 { .. }
+        | eventstream::EventStreamError::UnknownHeaderType { .. } => {
+            EventStreamError::new_err(err.to_string())
+        }
     }
 }

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod chat_stream;
 mod errors;
+mod eventstream;
 mod limiter;
 mod policy;
 mod sse;
@@ -16,6 +17,8 @@ mod tokens;
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<chat_stream::OpenAIChatStream>()?;
+    m.add_class::<eventstream::EventStreamDecoder>()?;
+    m.add_class::<eventstream::EventStreamMessage>()?;
     m.add_class::<limiter::RateLimiter>()?;
     m.add_class::<limiter::TokenBucket>()?;
     m.add_class::<limiter::ConcurrencyLimiter>()?;
