@@ -21,7 +21,7 @@ $(PY):
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "maturin>=1.9,<2"
 	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-		deps = p["dependencies"] + [d for extra in ("test", "bench", "dev") for d in p["optional-dependencies"][extra]]; \
+		deps = p["dependencies"] + [d for extra in ("test", "bench", "dev", "otel") for d in p["optional-dependencies"][extra]]; \
 		print("\n".join(deps))' > $(VENV)/requirements.txt
 	$(PIP) install --quiet -r $(VENV)/requirements.txt
 	touch $@

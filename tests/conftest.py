@@ -68,9 +68,10 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    if proc.stdout:
-        proc.stdout.close()
+    if proc.stdout is None or proc.stdout.closed:
+        return ""  # stopped before, and its output read then
+    out = proc.stdout.read().decode(errors="replace")
+    proc.stdout.close()
     return out
 
 

@@ -78,7 +78,7 @@ def test_every_problem_is_reported_with_its_line(tmp_path: Path) -> None:
         "tollway.toml:21 keys[0].hash: expected `sha256:` followed by 64 lowercase hex digits (run `tollway keys new`)",
         "tollway.toml:23 keys[1]: missing required key `hash`",
         "tollway.toml:25 keys[1].team: expected a string, got 3",
-        "tollway.toml:31 keys[2].models[0]: unknown model `missing-model`; it is not in [[models]]",
+        "tollway.toml:31 keys[2].models[0]: unknown model `missing-model`; it is not in [[models]] or [[routes]]",
     ]
     assert lines[-1].endswith("9 problems")
 

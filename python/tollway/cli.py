@@ -1,4 +1,4 @@
-"""The `tollway` command: serve | check | keys new."""
+"""The `tollway` command: serve | check | keys new | usage | explain."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tollway.errors import ConfigError
 
 if TYPE_CHECKING:
     from tollway.config import LoadedConfig
+    from tollway.usage.ledger import SqliteLedger
 
 DEFAULT_CONFIG = "tollway.toml"
 
@@ -65,6 +66,88 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_ledger(config_path: str) -> SqliteLedger:
+    """The configured SQLite ledger, read-only (`ConfigError` if the config or ledger is unusable)."""
+    from tollway.config import load_config
+    from tollway.usage.ledger import SqliteLedger
+
+    loaded = load_config(config_path)
+    ledger = loaded.config.ledger
+    if not ledger.enabled:
+        raise ConfigError([f"{config_path}: the usage ledger is off (`[ledger] enabled = false`)"])
+    path = Path(ledger.path)
+    if not path.is_absolute():
+        path = loaded.path.parent / path
+    if not path.exists():
+        raise ConfigError([f"{path}: no usage ledger yet (the gateway creates it when it first serves)"])
+    return SqliteLedger(str(path), readonly=True)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from tollway.usage.ledger import LedgerQueryError, format_table, parse_since
+
+    try:
+        ledger = _open_ledger(args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    now = time.time()
+    try:
+        since = parse_since(args.since, now)
+        until = parse_since(args.until, now) if args.until else None
+    except ValueError as exc:
+        print(f"tollway usage: {exc}", file=sys.stderr)
+        return 2
+    group_by = [g for g in (args.by or "").split(",") if g]
+    filters: dict[str, str | list[str]] = {}
+    for item in args.filter or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"tollway usage: --filter expects NAME=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        existing = filters.get(name)
+        filters[name] = [*([existing] if isinstance(existing, str) else existing or []), value] if existing else value
+    try:
+        rows = ledger.query_totals(since, until, group_by, filters)
+    except LedgerQueryError as exc:
+        print(f"tollway usage: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps({"since": since, "until": until, "group_by": group_by, "rows": rows}, indent=2))
+    else:
+        print(format_table(rows, group_by))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from tollway.explain import explain
+
+    try:
+        ledger = _open_ledger(args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    try:
+        record = ledger.get(args.request_id)
+    finally:
+        ledger.close()
+    if record is None:
+        print(f"tollway explain: no record of request `{args.request_id}` in the ledger", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(record), indent=2).decode())
+    else:
+        print(explain(record))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
@@ -114,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and list every problem")
     check.add_argument("path")
     check.set_defaults(func=cmd_check)
+
+    usage = sub.add_parser("usage", help="usage totals from the ledger: requests, tokens by type, cost")
+    usage.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default: {DEFAULT_CONFIG})")
+    usage.add_argument(
+        "--since", default="24h", help="start: a duration back (90s, 30m, 24h, 7d) or a date (default 24h)"
+    )
+    usage.add_argument("--until", help="end: a duration back or a date (default: now)")
+    usage.add_argument(
+        "--by", help="group by any of key,team,user,model,provider,upstream_model,endpoint,status,day,hour"
+    )
+    usage.add_argument(
+        "--filter", action="append", metavar="NAME=VALUE", help="keep only matching requests (repeatable)"
+    )
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    usage.set_defaults(func=cmd_usage)
+
+    explain = sub.add_parser("explain", help="what happened to one request, in plain words")
+    explain.add_argument("request_id", help="the request id (the `x-request-id` header)")
+    explain.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default: {DEFAULT_CONFIG})")
+    explain.add_argument("--json", action="store_true", help="print the full record as JSON")
+    explain.set_defaults(func=cmd_explain)
 
     keys = sub.add_parser("keys", help="manage virtual keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -21,6 +21,7 @@ import msgspec
 from tollway.config._toml_lines import LineIndex, Path, format_path
 from tollway.config.schema import Config, SecretRef
 from tollway.errors import ConfigError
+from tollway.usage.catalog import entry_problems as catalog_entry_problems
 
 KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
@@ -232,6 +233,7 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
             p((*at, "provider"), f"unknown provider `{model.provider}`; expected one of {known}")
 
     declared_models = _declared_names(raw, "models")
+    declared_routes = _declared_names(raw, "routes")
     _check_unique_names(config.keys, "keys", "key", decoder)
     hashes: dict[str, int] = {}
     for i, key in enumerate(config.keys):
@@ -246,11 +248,32 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
             p((*at, "hash"), f"same hash as keys[{hashes[key.hash]}]: two names for one key")
         hashes.setdefault(key.hash, i)
         for j, model_name in enumerate(key.models or []):
-            if model_name not in declared_models:
-                p((*at, "models", j), f"unknown model `{model_name}`; it is not in [[models]]")
+            if model_name not in declared_models and model_name not in declared_routes:
+                p((*at, "models", j), f"unknown model `{model_name}`; it is not in [[models]] or [[routes]]")
 
     if config.admin.key_hash is not None and not KEY_HASH_RE.match(config.admin.key_hash):
         p(("admin", "key_hash"), "expected `sha256:` followed by 64 lowercase hex digits (run `tollway keys new`)")
+
+    from tollway.routing.config import validate_routes, validate_routing
+
+    for path, message in validate_routes(
+        config.routes, declared_models, declared_providers, key_names=_declared_names(raw, "keys")
+    ):
+        p(path, message)
+    for path, message in validate_routing(config.routing):
+        p(path, message)
+    for i, entry in enumerate(config.catalog):
+        if entry is not None:
+            for message in catalog_entry_problems(entry, f"catalog[{i}]"):
+                field, _, text = message.partition(": ")
+                p(("catalog", i, field.rsplit(".", 1)[-1]), text)
+    for field_name, message in config.ledger.problems():
+        p(("ledger", field_name), message)
+    if not 0.0 <= config.tracing.sample_ratio <= 1.0:
+        p(("tracing", "sample_ratio"), f"expected a number between 0 and 1, got {config.tracing.sample_ratio}")
+    endpoint = config.tracing.otlp_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        p(("tracing", "otlp_endpoint"), f"expected an http:// or https:// URL, got {_describe(endpoint)}")
 
 
 def _check_unique_names(items: list[Any], section: str, what: str, decoder: _Decoder) -> None:

@@ -10,6 +10,10 @@ from typing import Literal
 
 import msgspec
 
+from tollway.routing.config import RouteConfig, RoutingConfig
+from tollway.usage.catalog import ModelInfo
+from tollway.usage.ledger import LedgerConfig
+
 ProviderKind = Literal["openai", "mock", "anthropic", "gemini", "bedrock", "azure"]
 # OpenAI-compatible servers known by name (`tollway.providers.presets`): base URL, auth, quirks.
 PresetName = Literal[
@@ -97,6 +101,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     provider: str
     upstream: str | None = None
+    # How to count this model's tokens when the provider reports none: a tokenizer name
+    # (`o200k_base`, `cl100k_base`, `anthropic`, `gemini`) or the path of a Hugging Face
+    # `tokenizer.json` (open models). Default: the catalog's entry, else `o200k_base` (estimate).
+    tokenizer: str | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -120,9 +128,40 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     key_hash: str | None = None
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`GET /metrics` in Prometheus text format."""
+
+    enabled: bool = True
+    # Require the admin key (`Authorization: Bearer <admin key>`) to scrape.
+    require_admin: bool = False
+
+
+class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One structured access-log line per request (JSON, to stderr)."""
+
+    access_log: bool = True
+
+
+class TracingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """OpenTelemetry traces (GenAI semantic conventions) over OTLP/HTTP; off unless an endpoint is
+    set. Needs the `otel` extra: `pip install 'tollway[otel]'`."""
+
+    otlp_endpoint: str | None = None  # e.g. `http://127.0.0.1:4318/v1/traces`
+    service_name: str = "tollway"
+    sample_ratio: float = 1.0
+    headers: dict[str, str] = {}
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
     providers: list[ProviderConfig] = []
     models: list[ModelConfig] = []
     keys: list[KeyConfig] = []
+    routes: list[RouteConfig] = []
+    routing: RoutingConfig = RoutingConfig()
+    catalog: list[ModelInfo] = []
+    ledger: LedgerConfig = LedgerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()

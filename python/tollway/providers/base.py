@@ -34,6 +34,50 @@ class ChatCall:
     # `Completion.body` and the stream bytes the adapter produces (translated when the provider
     # speaks another format).
     api: Literal["openai", "anthropic"] = "openai"
+    # What a streamed call delivered, for usage when the provider reports none (see `StreamMeter`).
+    meter: StreamMeter | None = None
+
+
+class TextSource(Protocol):
+    """A native relay that keeps the output text of what it forwarded (`OpenAIChatStream`)."""
+
+    def take_output_text(self) -> str: ...
+
+
+class StreamMeter:
+    """What a streamed call has delivered so far, kept by the adapter for the usage record.
+
+    The provider's usage, when a stream carries it, is the truth (`report_usage`). When it never
+    arrives (the stream broke, the client left, the server ignores `include_usage`), the gateway
+    counts the output text that passed: adapters either `watch` a native relay that keeps the
+    text itself (read only if needed, so a complete stream costs nothing), or `push_text` the
+    deltas they translated. Text is in delivery order; reading it drains it.
+    """
+
+    __slots__ = ("_pushed", "_sources", "usage")
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self._sources: list[TextSource] = []
+        self._pushed: list[str] = []
+
+    def report_usage(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.usage = usage
+
+    def watch(self, source: TextSource) -> None:
+        self._sources.append(source)
+
+    def push_text(self, text: str) -> None:
+        if text:
+            self._pushed.append(text)
+
+    def take_text(self) -> str:
+        """The output text delivered since the last call."""
+        parts = [source.take_output_text() for source in self._sources]
+        parts.extend(self._pushed)
+        self._pushed.clear()
+        return "".join(parts)
 
 
 @dataclass(slots=True)

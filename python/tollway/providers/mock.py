@@ -132,6 +132,8 @@ class MockAdapter(ProviderAdapter):
             await sink.send(
                 event([{"index": i, "delta": {"content": piece}, "finish_reason": None} for i in range(n)], **extra)
             )
+            if call.meter is not None:
+                call.meter.push_text(piece * n)
         tail = event([{"index": i, "delta": {}, "finish_reason": finish} for i in range(n)], **extra)
         if include_usage:
             tail += event(

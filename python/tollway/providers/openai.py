@@ -22,7 +22,7 @@ from tollway.config.secrets import Secret
 from tollway.errors import ConfigError, SseError, StreamFormatError, UpstreamError
 from tollway.providers import _openai_wire
 from tollway.providers._common import is_context_length
-from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
+from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamMeter, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage, usage_from_openai
 
@@ -117,13 +117,17 @@ class OpenAIAdapter(ProviderAdapter):
                         f"provider `{self.name}` answered a stream request with `{ctype or 'no content type'}`",
                     )
                 )
-            return await self._pump(resp, deadline, injected, sink)
+            return await self._pump(resp, deadline, injected, sink, call.meter)
         finally:
             resp.close()
 
-    async def _pump(self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink) -> Usage | None:
+    async def _pump(
+        self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink, meter: StreamMeter | None
+    ) -> Usage | None:
         # Per event, natively: parse, capture usage, remove what the gateway injected, forward.
         stream = OpenAIChatStream(strip_usage=injected)
+        if meter is not None:
+            meter.watch(stream)
         try:
             async for chunk in resp.chunks(self.timeouts, deadline):
                 out = stream.feed(chunk)
@@ -137,6 +141,10 @@ class OpenAIAdapter(ProviderAdapter):
             raise upstream_failure(
                 Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
             ) from None
+        usage_json = stream.usage_json
+        usage = usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
+        if meter is not None:
+            meter.report_usage(usage)
         if not stream.done:
             raise upstream_failure(
                 Failure(
@@ -145,8 +153,7 @@ class OpenAIAdapter(ProviderAdapter):
                     f"provider `{self.name}` ended the stream before `[DONE]`",
                 )
             )
-        usage_json = stream.usage_json
-        return usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
+        return usage
 
     def _status_failure(self, status: int, payload: bytes, retry_after: str | None) -> UpstreamError:
         upstream_message = _error_message(payload)

@@ -1,83 +1,55 @@
-"""The RSGI application: routing by path, request ids, auth, body limits, and the chat path.
+"""The RSGI application: routing by path, request ids, body limits, and the gateway's services.
 
 Granian calls `Gateway.__rsgi__` once per request, in one event loop per worker. Everything the
-request path needs is built once per worker in `__rsgi_init__` (adapters, the pooled upstream
-client, the key store), so a request costs one dict lookup to route, one hash to authenticate
-and one JSON parse of the body.
+request path needs is built once per worker (adapters, the pooled upstream client, the key
+store, the router, the policy engine, the ledger writer, metrics), so a request costs one dict
+lookup to route, one hash to authenticate and one JSON parse of the body. Model calls are run by
+`tollway.pipeline.ModelRequest`; this module serves the rest (models list, health, metrics,
+admin API) and records every finished model request (ledger, metrics, access log, trace).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tollway.auth import Identity, KeyStore, presented_key
+from tollway.auth import Identity, KeyStore, hash_key, presented_key
 from tollway.config.loader import LoadedConfig, load_config
 from tollway.config.schema import ModelConfig
-from tollway.errors import UpstreamError
-from tollway.providers import ChatCall, ProviderAdapter, build_adapters
-from tollway.server.errors import ApiError, from_failure, invalid_request
-from tollway.upstream import UpstreamClient, failure_of, forwardable_headers
-from tollway.usage import Usage
+from tollway.observability.logs import AccessLog
+from tollway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tollway.observability.metrics import GatewayMetrics
+from tollway.observability.tracing import Tracer
+from tollway.pipeline import ModelRequest, Reject, model_config_for
+from tollway.policy import PolicyEngine
+from tollway.providers import ProviderAdapter, build_adapters
+from tollway.routing import Router, Target
+from tollway.server import admin
+from tollway.server.errors import ApiError
+from tollway.upstream import UpstreamClient
+from tollway.usage.accounting import ModelAccounting
+from tollway.usage.catalog import Catalog
+from tollway.usage.ledger import Ledger, LedgerConfig
+from tollway.usage.record import UsageRecord
 
 log = logging.getLogger("tollway")
 
 CONFIG_ENV = "TOLLWAY_CONFIG"
 _JSON = ("content-type", "application/json")
-_SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
 
 Handler = Callable[[Any, Any, str], Awaitable[None]]
 
 
 def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
-
-
-class _Reject(Exception):
-    """Ends a request early with an API error (raised and caught inside one handler)."""
-
-    def __init__(self, error: ApiError) -> None:
-        self.error = error
-
-
-class ClientGone(Exception):
-    """Writing to the client failed: it has disconnected."""
-
-
-class ClientStream:
-    """The client side of a streamed response; the HTTP response starts on the first send."""
-
-    __slots__ = ("_headers", "_proto", "_transport")
-
-    def __init__(self, proto: Any, headers: list[tuple[str, str]]) -> None:
-        self._proto = proto
-        self._headers = headers
-        self._transport: Any = None
-
-    @property
-    def started(self) -> bool:
-        return self._transport is not None
-
-    async def send(self, data: bytes) -> None:
-        if self._transport is None:
-            self._transport = self._proto.response_stream(200, self._headers)
-        try:
-            await self._transport.send_bytes(data)
-        except Exception as exc:  # Granian raises its own protocol errors for a closed peer
-            raise ClientGone(str(exc)) from None
-
-    def close(self) -> None:
-        """End the response body. Granian ends a streamed body when its transport is released;
-        the stream's objects may outlive the request in exception tracebacks (reference cycles
-        that only the garbage collector frees), so the reference is dropped explicitly."""
-        self._transport = None
 
 
 class Gateway:
@@ -87,17 +59,34 @@ class Gateway:
         self.loaded = loaded
         config = loaded.config
         self.config = config
+        self.base_dir = loaded.path.parent
         self.max_body = config.server.max_body_bytes
         self.keys = KeyStore(config.keys)
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
+        self.catalog = Catalog.load(list(config.catalog))
+        self.router = Router(
+            config.routes, config.models, [p.name for p in config.providers], config.routing, price=self._price
+        )
+        self.policies = PolicyEngine()
+        self.metrics = GatewayMetrics(models=[*self.models, *(r.name for r in config.routes)])
+        self.access_log = AccessLog() if config.logging.access_log else None
+        self.tracer: Tracer | None = None
+        self.ledger: Ledger | None = None
         self.client: UpstreamClient | None = None
         self.adapters: dict[str, ProviderAdapter] = {}
+        self._accounting: dict[tuple[str, str, str | None], ModelAccounting] = {}
+        self.admin_digest = (
+            bytes.fromhex(config.admin.key_hash.removeprefix("sha256:")) if config.admin.key_hash else None
+        )
         self.ready = False
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/messages"): self.messages,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
+            ("GET", "/metrics"): self.metrics_endpoint,
+            ("GET", "/_tollway/usage"): self.admin_usage,
         }
         self._paths = {path for _, path in self.routes}
 
@@ -112,13 +101,54 @@ class Gateway:
         config = self.config
         needs_network = any(p.kind != "mock" for p in config.providers)
         self.client = UpstreamClient(config.server.max_connections_per_host) if needs_network else None
-        self.adapters = build_adapters(config.providers, config.server.timeouts, self.client, self.loaded.path.parent)
+        self.adapters = build_adapters(config.providers, config.server.timeouts, self.client, self.base_dir)
+        # Built here, in the worker process: the writer is a thread, and threads do not survive fork.
+        self.ledger = Ledger(_ledger_config(config.ledger, self.base_dir))
+        self.metrics.attach_ledger(self.ledger.stats)
+        self.tracer = Tracer.from_config(config.tracing, {p.name: p.kind for p in config.providers})
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
         if self.client is not None:
             await self.client.close()
+        if self.access_log is not None:
+            self.access_log.flush()
+        if self.ledger is not None and not self.ledger.close(timeout=10.0):
+            log.error("the usage ledger did not finish writing within 10 s; some records may be lost")
+        if self.tracer is not None:
+            self.tracer.shutdown()
+
+    # -- services the pipeline uses -----------------------------------------------------------
+    def model_config(self, target: Target) -> ModelConfig:
+        return model_config_for(target, self.models)
+
+    def accounting(self, target: Target, model: ModelConfig) -> ModelAccounting:
+        key = (target.provider, target.model, model.tokenizer)
+        found = self._accounting.get(key)
+        if found is None:
+            found = ModelAccounting.resolve(self.catalog, target.model, model.tokenizer, str(self.base_dir))
+            self._accounting[key] = found
+        return found
+
+    def _price(self, provider: str, model: str) -> tuple[float, float] | None:
+        info = self.catalog.get(model)
+        if info is None or info.input is None or info.output is None:
+            return None
+        return info.input, info.output
+
+    def record(self, record: UsageRecord) -> None:
+        """A finished request: to the ledger, the metrics, the access log and the tracer."""
+        if self.ledger is not None:
+            self.ledger.submit(record)
+        self.metrics.observe_record(record)
+        if self.access_log is not None:
+            self.access_log.write(record)
+        if self.tracer is not None:
+            try:
+                self.tracer.emit(record)
+            except Exception:
+                log.exception("request %s: emitting its trace failed", record.request_id)
 
     # -- dispatch -----------------------------------------------------------------------------
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
@@ -127,19 +157,30 @@ class Gateway:
         request_id = new_request_id()
         handler = self.routes.get((scope.method, scope.path))
         if handler is None:
-            if scope.path in self._paths:
-                error = ApiError(
-                    405, "invalid_request_error", "method_not_allowed", f"{scope.method} is not allowed on {scope.path}"
+            if scope.method == "GET" and scope.path.startswith(admin.REQUESTS_PREFIX):
+                handler = self.admin_request
+            elif scope.path in self._paths:
+                self.respond_error(
+                    proto,
+                    request_id,
+                    ApiError(
+                        405,
+                        "invalid_request_error",
+                        "method_not_allowed",
+                        f"{scope.method} is not allowed on {scope.path}",
+                    ),
                 )
+                return
             else:
-                error = ApiError(
-                    404, "invalid_request_error", "unknown_url", f"unknown URL: {scope.method} {scope.path}"
+                self.respond_error(
+                    proto,
+                    request_id,
+                    ApiError(404, "invalid_request_error", "unknown_url", f"unknown URL: {scope.method} {scope.path}"),
                 )
-            self.respond_error(proto, request_id, error)
-            return
+                return
         try:
             await handler(scope, proto, request_id)
-        except _Reject as reject:
+        except Reject as reject:
             self.respond_error(proto, request_id, reject.error)
         except Exception:
             # A bug, not a client or provider problem: log it with the request id and answer 500.
@@ -160,7 +201,7 @@ class Gateway:
         headers = scope.headers
         key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
         if key is None:
-            raise _Reject(
+            raise Reject(
                 ApiError(
                     401,
                     "authentication_error",
@@ -170,12 +211,30 @@ class Gateway:
             )
         identity = self.keys.lookup(key)
         if identity is None:
-            raise _Reject(
+            raise Reject(
                 ApiError(
                     401, "authentication_error", "invalid_api_key", "invalid API key: it matches no configured key"
                 )
             )
         return identity
+
+    def authenticate_admin(self, scope: Any) -> None:
+        """The admin key, compared by digest in constant time; 401/403 otherwise."""
+        if self.admin_digest is None:
+            raise Reject(
+                ApiError(
+                    403,
+                    "permission_error",
+                    "admin_disabled",
+                    "the admin API is off: set `[admin] key_hash` (from `tollway keys new`) to use it",
+                )
+            )
+        key = presented_key(scope.headers.get("authorization"), scope.headers.get("x-api-key"))
+        if key is None:
+            raise Reject(ApiError(401, "authentication_error", "missing_api_key", "the admin API needs the admin key"))
+        digest = bytes.fromhex(hash_key(key).removeprefix("sha256:"))
+        if not hmac.compare_digest(digest, self.admin_digest):
+            raise Reject(ApiError(401, "authentication_error", "invalid_api_key", "invalid admin key"))
 
     async def read_body(self, scope: Any, proto: Any) -> bytes:
         declared = scope.headers.get("content-length")
@@ -183,16 +242,18 @@ class Gateway:
             try:
                 size = int(declared)
             except ValueError:
-                raise _Reject(invalid_request("invalid Content-Length header")) from None
+                raise Reject(
+                    ApiError(400, "invalid_request_error", "invalid_request", "invalid Content-Length header")
+                ) from None
             if size > self.max_body:
-                raise _Reject(self._too_large())
+                raise Reject(self._too_large())
             body: bytes = await proto()
             return body
         parts, size = [], 0
         async for part in proto:
             size += len(part)
             if size > self.max_body:
-                raise _Reject(self._too_large())
+                raise Reject(self._too_large())
             parts.append(part)
         return b"".join(parts)
 
@@ -205,6 +266,12 @@ class Gateway:
         )
 
     # -- endpoints ----------------------------------------------------------------------------
+    async def chat_completions(self, scope: Any, proto: Any, request_id: str) -> None:
+        await ModelRequest(self, scope, proto, request_id, "openai", "/v1/chat/completions").run()
+
+    async def messages(self, scope: Any, proto: Any, request_id: str) -> None:
+        await ModelRequest(self, scope, proto, request_id, "anthropic", "/v1/messages").run()
+
     async def healthz(self, scope: Any, proto: Any, request_id: str) -> None:
         proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], b'{"status":"ok"}')
 
@@ -217,159 +284,43 @@ class Gateway:
 
     async def list_models(self, scope: Any, proto: Any, request_id: str) -> None:
         identity = self.authenticate(scope)
+        names = [*self.models, *(r.name for r in self.config.routes)]
+        owners = {m.name: m.provider for m in self.models.values()}
         data = [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
-            for m in self.models.values()
-            if identity.may_use(m.name)
+            {"id": name, "object": "model", "created": 0, "owned_by": owners.get(name, "tollway")}
+            for name in names
+            if identity.may_use(name)
         ]
         body = orjson.dumps({"object": "list", "data": data})
         proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
 
-    async def chat_completions(self, scope: Any, proto: Any, request_id: str) -> None:
-        started = time.perf_counter()
-        identity = self.authenticate(scope)
-        raw = await self.read_body(scope, proto)
-        body = _parse_chat_body(raw)
-        model_name = body["model"]
-        model = self.models.get(model_name)
-        if model is None:
-            raise _Reject(
-                ApiError(
-                    404,
-                    "invalid_request_error",
-                    "model_not_found",
-                    f"model `{model_name}` does not exist on this gateway; GET /v1/models lists the models you may use",
-                    "model",
-                )
-            )
-        if not identity.may_use(model_name):
-            raise _Reject(
-                ApiError(
-                    403,
-                    "permission_error",
-                    "model_not_allowed",
-                    f"key `{identity.key_name}` may not use model `{model_name}`",
-                    "model",
-                )
-            )
-        stream = body.get("stream") is True
-        adapter = self.adapters[model.provider]
-        call = ChatCall(
-            request_id=request_id,
-            body=body,
-            raw=raw,
-            model=model,
-            stream=stream,
-            forward_headers=forwardable_headers(scope.headers.items()) if adapter.client is not None else {},
-        )
-        route_headers = [
-            ("x-request-id", request_id),
-            ("x-tollway-provider", model.provider),
-            ("x-tollway-model", model.upstream_model),
-        ]
-        if stream:
-            usage = await self._stream(proto, adapter, call, route_headers)
-        else:
-            upstream_started = time.perf_counter()
-            try:
-                completion = await adapter.chat(call)
-            except UpstreamError as exc:
-                raise _Reject(from_failure(failure_of(exc))) from None
-            upstream_finished = time.perf_counter()
-            headers = [_JSON, *route_headers, *completion.headers]
-            # The gateway's own time so far: everything but the wait for the provider's answer.
-            now = time.perf_counter()
-            overhead_ms = ((upstream_started - started) + (now - upstream_finished)) * 1000
-            headers.append(("x-tollway-overhead-ms", f"{overhead_ms:.3f}"))
-            proto.response_bytes(200, headers, completion.body)
-            usage = completion.usage
-        if usage is not None and log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "request %s key=%s model=%s prompt_tokens=%d completion_tokens=%d",
-                request_id,
-                identity.key_name,
-                model_name,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-            )
+    async def metrics_endpoint(self, scope: Any, proto: Any, request_id: str) -> None:
+        if not self.config.metrics.enabled:
+            raise Reject(ApiError(404, "invalid_request_error", "unknown_url", "metrics are off (`[metrics] enabled`)"))
+        if self.config.metrics.require_admin:
+            self.authenticate_admin(scope)
+        proto.response_bytes(200, [("content-type", METRICS_CONTENT_TYPE)], self.metrics.render())
 
-    async def _stream(
-        self, proto: Any, adapter: ProviderAdapter, call: ChatCall, route_headers: list[tuple[str, str]]
-    ) -> Usage | None:
-        """Run a streamed call in this task while watching for the client to go away.
+    async def admin_usage(self, scope: Any, proto: Any, request_id: str) -> None:
+        self.authenticate_admin(scope)
+        body = await asyncio.to_thread(admin.usage_totals, self.ledger, scope.query_string)
+        proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
 
-        If the client disconnects, this task is cancelled, which closes the upstream connection
-        (the adapter's `finally`), so the provider stops generating. The pump runs in the
-        request's own task (no second task, no `asyncio.wait`): this is the per-stream hot path.
-        """
-        sink = ClientStream(proto, [*_SSE_HEADERS, *route_headers])
-        task = asyncio.current_task()
-        assert task is not None
-        gone = asyncio.ensure_future(proto.client_disconnect())
-        disconnected = False
-
-        def on_gone(fut: asyncio.Future[None]) -> None:
-            nonlocal disconnected
-            if not fut.cancelled():
-                disconnected = True
-                task.cancel()
-
-        gone.add_done_callback(on_gone)
-        try:
-            usage: Usage | None = await adapter.chat_stream(call, sink)
-            return usage
-        except asyncio.CancelledError:
-            if not disconnected:
-                raise
-            task.uncancel()
-            log.info("request %s: client disconnected mid-stream; upstream request ended", call.request_id)
-            return None
-        except ClientGone:
-            log.info("request %s: client went away mid-stream; upstream request ended", call.request_id)
-            return None
-        except UpstreamError as exc:
-            error = from_failure(failure_of(exc))
-            if not sink.started:
-                raise _Reject(error) from None
-            # The stream has begun: end it with an explicit error event, never a silent cut.
-            with contextlib.suppress(Exception):
-                await sink.send(error.openai_event(call.request_id))
-            return None
-        except Exception:
-            if not sink.started:
-                raise  # answered as a 500 by `__rsgi__`
-            log.exception("internal error mid-stream (request %s)", call.request_id)
-            internal = ApiError(500, "server_error", "internal_error", "the gateway failed mid-stream")
-            with contextlib.suppress(Exception):
-                await sink.send(internal.openai_event(call.request_id))
-            return None
-        finally:
-            gone.remove_done_callback(on_gone)
-            gone.cancel()
-            sink.close()
+    async def admin_request(self, scope: Any, proto: Any, request_id: str) -> None:
+        self.authenticate_admin(scope)
+        wanted = scope.path.removeprefix(admin.REQUESTS_PREFIX)
+        body = await asyncio.to_thread(admin.request_record, self.ledger, wanted)
+        proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
 
 
-def _parse_chat_body(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise _Reject(invalid_request("request body is empty; expected a JSON object", code="invalid_json"))
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _Reject(invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json")) from None
-    if not isinstance(body, dict):
-        raise _Reject(invalid_request("request body must be a JSON object", code="invalid_json"))
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _Reject(invalid_request("missing `model`: a non-empty string naming the model", "model", "missing_model"))
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _Reject(
-            invalid_request("missing `messages`: a non-empty array of chat messages", "messages", "missing_messages")
-        )
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _Reject(invalid_request("`stream` must be true or false", "stream", "invalid_type"))
-    return body
+def _ledger_config(config: LedgerConfig, base_dir: Path) -> LedgerConfig:
+    """A relative ledger path is relative to the config file, as every path in the config is."""
+    import msgspec
+
+    path = Path(config.path)
+    if path.is_absolute():
+        return config
+    return msgspec.structs.replace(config, path=str(base_dir / path))
 
 
 def _configure_logging(level: str) -> None:

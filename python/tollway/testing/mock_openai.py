@@ -98,6 +98,7 @@ class MockOpenAI:
         if body.get("stream"):
             await self.stream(scope, proto, body, model, usage)
             return
+        reported = {} if model == "no-usage" else {"usage": usage}  # a server that reports no usage
         payload = {
             "id": "chatcmpl-mock",
             "object": "chat.completion",
@@ -111,7 +112,7 @@ class MockOpenAI:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": usage,
+            **reported,
             "service_tier": "default",
             "system_fingerprint": "fp_mock",
         }
@@ -119,7 +120,8 @@ class MockOpenAI:
 
     async def stream(self, scope: Any, proto: Any, body: dict[str, Any], model: str, usage: dict[str, Any]) -> None:
         options = body.get("stream_options") or {}
-        include_usage = options.get("include_usage") is True
+        # `no-usage`: a server that ignores `include_usage`.
+        include_usage = options.get("include_usage") is True and model != "no-usage"
         base = {
             "id": "chatcmpl-mock",
             "object": "chat.completion.chunk",

@@ -146,7 +146,7 @@ class Catalog:
                     )
             else:
                 merged = _overlay(models[owner], override)
-            problems.extend(_entry_problems(merged, where))
+            problems.extend(entry_problems(merged, where))
             models[owner] = merged
             owners.update((key.casefold(), owner) for key in (merged.name, *merged.aliases))
             from_config.append(merged.name)
@@ -217,7 +217,7 @@ def _shipped() -> tuple[ModelInfo, ...]:
         models = msgspec.toml.decode(text, type=_ShippedFile).models
     except msgspec.ValidationError as e:
         raise ConfigError([f"{_SHIPPED_FILE}: {e}"]) from None
-    problems = [p for i, m in enumerate(models) for p in _entry_problems(m, f"{_SHIPPED_FILE}: models[{i}]")]
+    problems = [p for i, m in enumerate(models) for p in entry_problems(m, f"{_SHIPPED_FILE}: models[{i}]")]
     problems.extend(
         f"{_SHIPPED_FILE}: models[{i}].provider: missing" for i, m in enumerate(models) if m.provider is None
     )
@@ -237,7 +237,8 @@ def _overlay(base: ModelInfo, override: ModelInfo) -> ModelInfo:
     return msgspec.structs.replace(base, aliases=aliases, **changes)
 
 
-def _entry_problems(model: ModelInfo, where: str) -> list[str]:
+def entry_problems(model: ModelInfo, where: str) -> list[str]:
+    """Every problem of one entry, as `WHERE.FIELD: message`."""
     problems = []
     for field in _PRICE_FIELDS:
         value = getattr(model, field)

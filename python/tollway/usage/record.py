@@ -23,7 +23,7 @@ TokenSource = Literal["provider", "counted", "partial", "estimated", "none"]
 CostSource = Literal["catalog", "config", "unpriced", "none"]
 
 
-class Attempt(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class Attempt(msgspec.Struct, forbid_unknown_fields=True):
     """One upstream attempt: which target, how it ended, how long it took."""
 
     provider: str
@@ -61,7 +61,7 @@ class PolicyVerdict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     detail: str | None = None  # for access and parameter rules: what matched and why
 
 
-class UsageRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class UsageRecord(msgspec.Struct, forbid_unknown_fields=True):
     request_id: str
     received_at: float
     finished_at: float = 0.0

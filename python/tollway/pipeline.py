@@ -1,0 +1,531 @@
+"""The request lifecycle of a model call, and nothing else.
+
+    auth -> parse -> route (plan) -> admit (policies) -> attempt loop -> settle -> record -> respond
+
+One `ModelRequest` per call to a model endpoint (`/v1/chat/completions`, `/v1/messages`). Every
+request that reaches it ends with exactly one `UsageRecord`, whatever happened: rejected before
+any attempt (auth, validation, policy), answered, failed upstream, timed out, cut by the client,
+or broken by a bug in the gateway. `finish` builds and hands off that record in a `finally`,
+and never raises.
+
+Rules the code keeps:
+- Reservations made at admission are settled with the actual usage, or released when no model
+  call happened, on every path (`Admission.settle` / `Admission.release`, called once).
+- Failover happens only before the first byte reaches the client; after it, a failure ends the
+  stream with an explicit error event in the client's format.
+- Each target is tried at most once per request, within one deadline (`tollway.routing`).
+- The gateway's overhead (`x-tollway-overhead-ms`) is its own time: everything but the waits for
+  the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from tollway.auth import Identity, presented_key
+from tollway.config.schema import ModelConfig
+from tollway.errors import UpstreamError
+from tollway.providers import ChatCall, ProviderAdapter
+from tollway.providers.base import StreamMeter
+from tollway.routing import Plan, RoutingError, Step, Target
+from tollway.server.errors import ApiError, from_failure, invalid_request
+from tollway.upstream import Failure, failure_of, forwardable_headers
+from tollway.usage import Usage
+from tollway.usage.accounting import output_text, settle_usage
+from tollway.usage.record import Attempt, UsageRecord
+
+if TYPE_CHECKING:
+    from tollway.policy import Admission
+    from tollway.server.app import Gateway
+
+log = logging.getLogger("tollway")
+
+Api = Literal["openai", "anthropic"]
+_JSON = ("content-type", "application/json")
+_SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+
+
+class Reject(Exception):
+    """Ends a request early with an API error."""
+
+    def __init__(self, error: ApiError) -> None:
+        self.error = error
+
+
+class ClientGone(Exception):
+    """Writing to the client failed: it has disconnected."""
+
+
+class ClientStream:
+    """The client side of a streamed response; the HTTP response starts on the first send."""
+
+    __slots__ = ("_headers", "_proto", "_transport", "first_send_at", "sent_bytes")
+
+    def __init__(self, proto: Any, headers: list[tuple[str, str]]) -> None:
+        self._proto = proto
+        self._headers = headers
+        self._transport: Any = None
+        self.first_send_at: float | None = None  # perf_counter time of the first byte
+        self.sent_bytes = 0
+
+    @property
+    def started(self) -> bool:
+        return self._transport is not None
+
+    async def send(self, data: bytes) -> None:
+        if self._transport is None:
+            self.first_send_at = time.perf_counter()
+            self._transport = self._proto.response_stream(200, self._headers)
+        try:
+            await self._transport.send_bytes(data)
+        except Exception as exc:  # Granian raises its own protocol errors for a closed peer
+            raise ClientGone(str(exc)) from None
+        self.sent_bytes += len(data)
+
+    def close(self) -> None:
+        """End the response body. Granian ends a streamed body when its transport is released;
+        the stream's objects may outlive the request in exception tracebacks (reference cycles
+        that only the garbage collector frees), so the reference is dropped explicitly."""
+        self._transport = None
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    body: dict[str, Any]
+    raw: bytes
+    model: str
+    stream: bool
+
+
+def parse_body(raw: bytes, api: Api) -> ParsedRequest:
+    """The fields the gateway needs, checked; everything else goes to the provider as sent."""
+    if not raw:
+        raise Reject(invalid_request("request body is empty; expected a JSON object", code="invalid_json"))
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Reject(invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json")) from None
+    if not isinstance(body, dict):
+        raise Reject(invalid_request("request body must be a JSON object", code="invalid_json"))
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise Reject(invalid_request("missing `model`: a non-empty string naming the model", "model", "missing_model"))
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise Reject(
+            invalid_request("missing `messages`: a non-empty array of chat messages", "messages", "missing_messages")
+        )
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise Reject(invalid_request("`stream` must be true or false", "stream", "invalid_type"))
+    if api == "anthropic":
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise Reject(
+                invalid_request("missing `max_tokens`: a positive integer (required by the Messages API)", "max_tokens")
+            )
+    return ParsedRequest(body, raw, model, stream is True)
+
+
+class ModelRequest:
+    """One call to a model endpoint, from authentication to its usage record."""
+
+    def __init__(self, gateway: Gateway, scope: Any, proto: Any, request_id: str, api: Api, endpoint: str) -> None:
+        self.gw = gateway
+        self.scope = scope
+        self.proto = proto
+        self.api: Api = api
+        self.started = time.perf_counter()
+        self.record = UsageRecord(request_id=request_id, received_at=time.time(), endpoint=endpoint, api=api)
+        self.record.client_ip = _client_ip(scope)
+        self.identity: Identity | None = None
+        self.parsed: ParsedRequest | None = None
+        self.admission: Admission | None = None
+        self.meter: StreamMeter | None = None
+        self.sink: ClientStream | None = None
+        # Time spent waiting for providers (excluded from the gateway's overhead).
+        self.upstream_wait = 0.0
+        # The call that produced the answer (or the last one tried), for settling usage.
+        self.final_call: ChatCall | None = None
+        self.final_target: Target | None = None
+        self.reported_usage: Usage | None = None
+        self.complete = False
+        self.attempted = False
+        # Output text of a non-streamed answer without usage, for counting.
+        self.delivered_text: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    # -- the lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except Reject as reject:
+            self.respond_error(reject.error)
+        except Exception:
+            log.exception("internal error handling %s (request %s)", self.record.endpoint, self.request_id)
+            error = ApiError(500, "server_error", "internal_error", "the gateway failed to handle this request")
+            if self.sink is not None and self.sink.started:
+                await self._end_stream_with(error)
+            else:
+                with contextlib.suppress(Exception):
+                    self.respond_error(error)
+        finally:
+            self.finish()
+
+    async def _run(self) -> None:
+        gw = self.gw
+        self.identity = identity = self._authenticate()
+        rec = self.record
+        rec.key, rec.team, rec.user, rec.tags = identity.key_name, identity.team, identity.user, list(identity.tags)
+        raw = await gw.read_body(self.scope, self.proto)
+        self.parsed = parsed = parse_body(raw, self.api)
+        rec.requested_model, rec.stream = parsed.model, parsed.stream
+        if not identity.may_use(parsed.model):
+            raise Reject(
+                ApiError(
+                    403,
+                    "permission_error",
+                    "model_not_allowed",
+                    f"key `{identity.key_name}` may not use model `{parsed.model}`",
+                    "model",
+                )
+            )
+        plan = self._plan(parsed, identity)
+        primary = plan.candidates[0]
+        rec.provider, rec.upstream_model = primary.provider, primary.model
+        self.admission = admission = gw.policies.admit(self, primary)
+        rec.decisions = admission.verdicts
+        if admission.denied is not None:
+            raise Reject(admission.denied)
+        await self._attempts(plan, parsed)
+
+    def _authenticate(self) -> Identity:
+        headers = self.scope.headers
+        key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        if key is None:
+            raise Reject(
+                ApiError(
+                    401,
+                    "authentication_error",
+                    "missing_api_key",
+                    "no API key: send a tollway virtual key as `Authorization: Bearer <key>` or `x-api-key`",
+                )
+            )
+        identity = self.gw.keys.lookup(key)
+        if identity is None:
+            raise Reject(
+                ApiError(
+                    401, "authentication_error", "invalid_api_key", "invalid API key: it matches no configured key"
+                )
+            )
+        return identity
+
+    def _plan(self, parsed: ParsedRequest, identity: Identity) -> Plan:
+        override = self.scope.headers.get("x-tollway-target")
+        try:
+            return self.gw.router.plan(parsed.model, identity, override=override, stream=parsed.stream)
+        except RoutingError as exc:
+            if exc.code == "model_not_found":
+                raise Reject(
+                    ApiError(
+                        404,
+                        "invalid_request_error",
+                        "model_not_found",
+                        f"model `{parsed.model}` does not exist on this gateway; "
+                        "GET /v1/models lists the models you may use",
+                        "model",
+                    )
+                ) from None
+            raise Reject(ApiError(403, "permission_error", exc.code, str(exc), "model")) from None
+
+    async def _attempts(self, plan: Plan, parsed: ParsedRequest) -> None:
+        failure: Failure | None = None
+        failure_headers: dict[str, str] | None = None
+        while True:
+            started_streaming = self.sink is not None and self.sink.started
+            step = plan.next_attempt(failure, headers=failure_headers, started_streaming=started_streaming)
+            if step is None:
+                break
+            if step.delay_s > 0:
+                await asyncio.sleep(step.delay_s)
+            failure, failure_headers = await self._attempt(plan, step, parsed)
+            if failure is None:
+                return
+        # No more attempts: the last failure is the answer.
+        assert failure is not None
+        error = from_failure(failure)
+        if plan.stop_reason not in (None, "not_retryable", "streaming_started") and self.record.attempts:
+            self.record.error = f"{failure.message} (no further attempt: {plan.stop_reason})"
+        if self.sink is not None and self.sink.started:
+            await self._end_stream_with(error)
+            return
+        raise Reject(error)
+
+    async def _attempt(
+        self, plan: Plan, step: Step, parsed: ParsedRequest
+    ) -> tuple[Failure | None, dict[str, str] | None]:
+        """One attempt at one target; the failure (and its response headers) or `None` on success."""
+        gw = self.gw
+        target = step.target
+        adapter = gw.adapters[target.provider]
+        model = gw.model_config(target)
+        self.meter = StreamMeter() if parsed.stream else None
+        call = ChatCall(
+            request_id=self.request_id,
+            body=parsed.body,
+            raw=parsed.raw,
+            model=model,
+            stream=parsed.stream,
+            forward_headers=forwardable_headers(self.scope.headers.items()) if adapter.client is not None else {},
+            api=self.api,
+            meter=self.meter,
+        )
+        adapter = _with_deadline(adapter, plan)
+        attempt = Attempt(provider=target.provider, model=target.model, reason=step.reason)
+        self.record.attempts.append(attempt)
+        self.final_call, self.final_target = call, target
+        self.record.provider, self.record.upstream_model = target.provider, target.model
+        self.attempted = True
+        began = time.perf_counter()
+        try:
+            if parsed.stream:
+                await self._stream(adapter, call, target)
+            else:
+                completion = await adapter.chat(call)
+                self._finish_attempt(attempt, began, None)
+                self.reported_usage = completion.usage
+                if completion.usage is None:
+                    self.delivered_text = output_text(completion.body, self.api)
+                self.complete = True
+                self._respond_completion(completion.body, [*completion.headers], target)
+            gw.router.observe(target, None, ttft_s=_ttft(attempt), latency_s=attempt.latency_ms / 1000)
+            return None, None
+        except UpstreamError as exc:
+            failure = failure_of(exc)
+            self._finish_attempt(attempt, began, failure)
+            gw.router.observe(target, failure.kind)
+            headers = {"retry-after": failure.retry_after} if failure.retry_after else None
+            return failure, headers
+        except _ClientLeft:
+            self._finish_attempt(attempt, began, None, outcome="client_disconnected")
+            self.record.client_disconnected = True
+            return None, None
+
+    def _finish_attempt(
+        self, attempt: Attempt, began: float, failure: Failure | None, outcome: str | None = None
+    ) -> None:
+        now = time.perf_counter()
+        attempt.latency_ms = round((now - began) * 1000, 3)
+        self.upstream_wait += now - began
+        if self.sink is not None and self.sink.first_send_at is not None and attempt.ttft_ms is None:
+            attempt.ttft_ms = round((self.sink.first_send_at - began) * 1000, 3)
+        if failure is not None:
+            attempt.outcome = failure.kind.value
+            attempt.status = failure.upstream_status
+            attempt.error = failure.message
+        elif outcome is not None:
+            attempt.outcome = outcome
+        else:
+            attempt.status = 200
+
+    # -- responses -------------------------------------------------------------------------------
+    def route_headers(self, target: Target) -> list[tuple[str, str]]:
+        headers = [
+            ("x-request-id", self.request_id),
+            ("x-tollway-provider", target.provider),
+            ("x-tollway-model", target.model),
+        ]
+        if self.admission is not None:
+            headers.extend(self.admission.headers)
+        return headers
+
+    def _respond_completion(self, body: bytes, extra: list[tuple[str, str]], target: Target) -> None:
+        headers = [_JSON, *self.route_headers(target), *extra]
+        overhead_ms = (time.perf_counter() - self.started - self.upstream_wait) * 1000
+        self.record.overhead_ms = round(overhead_ms, 3)
+        headers.append(("x-tollway-overhead-ms", f"{overhead_ms:.3f}"))
+        self.proto.response_bytes(200, headers, body)
+        self.record.status = 200
+        self.record.first_byte_at = time.time()
+
+    def respond_error(self, error: ApiError) -> None:
+        rec = self.record
+        rec.status, rec.error_code = error.status, error.code
+        rec.error = rec.error or error.message
+        headers = [_JSON, ("x-request-id", self.request_id), *error.headers]
+        if self.admission is not None and error.status == 429:
+            headers.extend(h for h in self.admission.headers if h[0] not in {k for k, _ in error.headers})
+        body = error.anthropic_body(self.request_id) if self.api == "anthropic" else error.openai_body(self.request_id)
+        self.proto.response_bytes(error.status, headers, body)
+
+    async def _end_stream_with(self, error: ApiError) -> None:
+        """A stream that has begun ends with an explicit error event, never a silent cut."""
+        rec = self.record
+        rec.error_code = error.code
+        rec.error = rec.error or error.message
+        assert self.sink is not None
+        event = (
+            error.anthropic_event(self.request_id) if self.api == "anthropic" else error.openai_event(self.request_id)
+        )
+        with contextlib.suppress(Exception):
+            await self.sink.send(event)
+
+    async def _stream(self, adapter: ProviderAdapter, call: ChatCall, target: Target) -> None:
+        """Run a streamed call in this task while watching for the client to go away.
+
+        If the client disconnects, this task is cancelled, which closes the upstream connection
+        (the adapter's `finally`), so the provider stops generating. The pump runs in the
+        request's own task (no second task, no `asyncio.wait`): this is the per-stream hot path.
+        """
+        # A new sink per attempt: after a failover before the first byte the response has not
+        # started, so its headers name the target that serves it.
+        self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)])
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.ensure_future(self.proto.client_disconnect())
+        disconnected = False
+
+        def on_gone(fut: asyncio.Future[None]) -> None:
+            nonlocal disconnected
+            if not fut.cancelled():
+                disconnected = True
+                task.cancel()
+
+        gone.add_done_callback(on_gone)
+        try:
+            usage = await adapter.chat_stream(call, sink)
+            self.reported_usage = usage
+            self.complete = True
+            self.record.status = 200
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            task.uncancel()
+            log.info("request %s: client disconnected mid-stream; upstream request ended", self.request_id)
+            raise _ClientLeft() from None
+        except ClientGone:
+            log.info("request %s: client went away mid-stream; upstream request ended", self.request_id)
+            raise _ClientLeft() from None
+        except UpstreamError:
+            if sink.started:
+                self.record.status = 200
+            raise
+        finally:
+            gone.remove_done_callback(on_gone)
+            gone.cancel()
+            if sink.first_send_at is not None and self.record.first_byte_at is None:
+                self.record.first_byte_at = self.record.received_at + (sink.first_send_at - self.started)
+                self.record.ttft_ms = round((sink.first_send_at - self.started) * 1000, 3)
+
+    # -- settle and record ---------------------------------------------------------------------
+    def finish(self) -> None:
+        """Settle usage and reservations, build the record, hand it off. Never raises."""
+        try:
+            self._settle()
+        except Exception:
+            log.exception("request %s: settling usage failed", self.request_id)
+        finally:
+            if self.sink is not None:
+                self.sink.close()
+            try:
+                self.gw.record(self.record)
+            except Exception:
+                log.exception("request %s: recording usage failed", self.request_id)
+
+    def _settle(self) -> None:
+        rec = self.record
+        now = time.perf_counter()
+        rec.finished_at = rec.received_at + (now - self.started)
+        rec.latency_ms = round((now - self.started) * 1000, 3)
+        if rec.overhead_ms is None:
+            rec.overhead_ms = round((now - self.started - self.upstream_wait) * 1000, 3)
+        if rec.status == 0:
+            rec.status = 499 if rec.client_disconnected else 500
+        call, target = self.final_call, self.final_target
+        if not self.attempted or call is None or target is None or self.parsed is None:
+            if self.admission is not None:
+                self.admission.release()
+            return
+        delivered = self.delivered_text
+        reported = self.reported_usage
+        if reported is None and self.meter is not None:
+            reported = self.meter.usage
+            delivered = self.meter.take_text()
+        accounting = self.gw.accounting(target, call.model)
+        complete = self.complete and not rec.client_disconnected
+        settled = settle_usage(
+            accounting,
+            api=self.api,
+            raw_body=self.parsed.raw,
+            reported=reported,
+            delivered_text=delivered,
+            complete=complete,
+        )
+        usage = settled.usage
+        if reported is None and not delivered and not self.complete and not (self.sink and self.sink.started):
+            # Nothing reached the client and nothing was reported: the attempt failed before
+            # the answer began. The prompt may still have been processed; it is recorded as
+            # estimated, the output as none.
+            settled.completion_source = "none"
+        rec.prompt_tokens = usage.prompt_tokens
+        rec.completion_tokens = usage.completion_tokens
+        rec.cached_tokens = usage.cached_tokens
+        rec.cache_write_tokens = usage.cache_write_tokens
+        rec.reasoning_tokens = usage.reasoning_tokens
+        rec.prompt_source, rec.completion_source = settled.prompt_source, settled.completion_source
+        rec.cost_usd = settled.cost.usd
+        rec.cost_source = settled.cost.source
+        if self.admission is not None:
+            failed_before_answer = rec.completion_source == "none" and reported is None
+            if failed_before_answer:
+                self.admission.release()
+            else:
+                self.admission.settle(usage, settled.cost.micro_usd if settled.cost.source != "unpriced" else None)
+            rec.decisions = self.admission.verdicts
+
+
+class _ClientLeft(Exception):
+    """The client disconnected during a streamed attempt."""
+
+
+def _ttft(attempt: Attempt) -> float | None:
+    return attempt.ttft_ms / 1000 if attempt.ttft_ms is not None else None
+
+
+def _client_ip(scope: Any) -> str | None:
+    client = getattr(scope, "client", None)
+    if not client:
+        return None
+    host, _, _port = str(client).rpartition(":")
+    return host.strip("[]") or None
+
+
+def _with_deadline(adapter: ProviderAdapter, plan: Plan) -> ProviderAdapter:
+    """Timeouts of this attempt: the provider's, each cut to the request's remaining deadline."""
+    remaining = plan.remaining_s()
+    base = adapter.timeouts
+    if remaining >= base.total:
+        return adapter
+    clone = copy.copy(adapter)
+    clone.timeouts = plan.timeouts(base)
+    return clone
+
+
+def model_config_for(target: Target, configured: dict[str, ModelConfig]) -> ModelConfig:
+    """The `ModelConfig` an adapter gets for a target: the [[models]] entry it names, or one made
+    for a direct `provider/model` address."""
+    found = configured.get(target.name)
+    if found is not None and found.provider == target.provider and found.upstream_model == target.model:
+        return found
+    return ModelConfig(name=target.name, provider=target.provider, upstream=target.model)
