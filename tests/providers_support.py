@@ -169,6 +169,8 @@ def openai_stream(body: bytes) -> tuple[list[ChatCompletionChunk], Any]:
     chunks = []
     for frame in frames[:-2]:
         assert frame.startswith(b"data: "), frame
+        if b'"prompt_filter_results"' in frame and b'"choices":[]' in frame:
+            continue  # Azure's own first event (empty `object`), relayed as Azure sent it
         chunk = ChatCompletionChunk.model_validate_json(frame[6:])
         state.handle_chunk(chunk)
         chunks.append(chunk)

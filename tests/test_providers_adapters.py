@@ -31,7 +31,7 @@ from tollway.testing.mock_providers import (
 from tollway.upstream import FailureKind, failure_of
 from tollway.usage import Usage
 
-KINDS = ["anthropic", "openai", "gemini", "bedrock"]
+KINDS = ["anthropic", "openai", "gemini", "bedrock", "azure"]
 
 
 def openai_body(**extra: Any) -> dict[str, Any]:
@@ -204,7 +204,13 @@ def test_anthropic_provider_relays_an_anthropic_request(mock_providers: Server) 
 ROTATING = {
     "anthropic": ("x-api-key", 'kind = "anthropic"\nbase_url = "{{url}}/v1"\napi_key = {keys}'),
     "gemini": ("x-goog-api-key", 'kind = "gemini"\nbase_url = "{{url}}/v1beta"\napi_key = {keys}'),
+    "azure": ("api-key", 'kind = "azure"\nbase_url = "{{url}}"\napi_key = {keys}'),
+    "openai": ("authorization", 'kind = "openai"\nbase_url = "{{url}}/v1"\napi_key = {keys}'),
 }
+
+
+def sent_keys(mock: Server, header: str) -> list[str]:
+    return [r["headers"][header].removeprefix("Bearer ") for r in mock.get_json("/_mock/requests")]
 
 
 @pytest.mark.parametrize("kind", sorted(ROTATING))
@@ -214,7 +220,7 @@ def test_key_rotation_skips_a_rejected_key(kind: str, mock_providers: Server) ->
     keys = '[{{ env = "TW_TEST_BAD_KEY" }}, {{ env = "TW_TEST_KEY" }}]'
     out = run(kind, mock_providers.url, "plain", openai_body(), calls=3, table=table.format(keys=keys))
     assert openai_completion(out.body).choices[0].message.content == REPLY
-    sent = [r["headers"][header] for r in mock_providers.get_json("/_mock/requests")]
+    sent = sent_keys(mock_providers, header)
     # Call 1 starts at the bad key (rejected) and moves on; the bad key then cools down, so
     # calls 2 and 3 go straight to the good one.
     assert sent == ["bad-key-0", "test-key-1", "test-key-1", "test-key-1"]
@@ -226,8 +232,13 @@ def test_key_rotation_spreads_calls_and_skips_a_rate_limited_key(kind: str, mock
     header, table = ROTATING[kind]
     keys = '[{{ env = "TW_TEST_KEY" }}, {{ env = "TW_TEST_KEY2" }}, {{ env = "TW_TEST_LIMITED_KEY" }}]'
     run(kind, mock_providers.url, "plain", openai_body(), calls=4, table=table.format(keys=keys))
-    sent = [r["headers"][header] for r in mock_providers.get_json("/_mock/requests")]
-    assert sent == ["test-key-1", "test-key-2", "limited-key-0", "test-key-1", "test-key-2"]
+    assert sent_keys(mock_providers, header) == [
+        "test-key-1",
+        "test-key-2",
+        "limited-key-0",
+        "test-key-1",
+        "test-key-2",
+    ]
 
 
 def test_openai_provider_receives_a_translated_anthropic_request(mock_providers: Server) -> None:

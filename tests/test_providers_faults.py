@@ -13,7 +13,7 @@ from tollway.errors import UpstreamError
 from tollway.testing.mock_providers import REPLY
 from tollway.upstream import FailureKind, failure_of
 
-KINDS = ["anthropic", "openai", "gemini", "bedrock"]
+KINDS = ["anthropic", "openai", "gemini", "bedrock", "azure"]
 APIS = ["openai", "anthropic"]
 
 # (model, streamed, expected kind)
@@ -48,9 +48,10 @@ def body_for(api: str, stream: bool) -> dict[str, Any]:
 
 
 def relayed_unread(kind: str, api: str, model: str, stream: bool) -> bool:
-    """The OpenAI adapter relays an OpenAI client's stream without reading events that carry no
-    usage (`rust/core/src/chat_stream.rs`), so a malformed content event reaches that client as is."""
-    return kind == "openai" and api == "openai" and model == "malformed-chunk" and stream
+    """The OpenAI and Azure adapters relay an OpenAI client's stream without reading events that
+    carry no usage (`rust/core/src/chat_stream.rs`), so a malformed content event reaches that
+    client as is."""
+    return kind in ("openai", "azure") and api == "openai" and model == "malformed-chunk" and stream
 
 
 @pytest.mark.parametrize("kind", KINDS)

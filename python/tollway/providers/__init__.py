@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret, resolve_secret
 from tollway.errors import ConfigError
@@ -17,12 +19,14 @@ def build_adapters(
     providers: list[ProviderConfig], default_timeouts: Timeouts, client: UpstreamClient | None, base_dir: Path | None
 ) -> dict[str, ProviderAdapter]:
     """One adapter per configured provider; raise `ConfigError` listing every unloadable secret."""
-    from tollway.providers._keys import KeyRing
+    from tollway.providers._keys import KeyRing, RotatingClient
     from tollway.providers.anthropic import AnthropicAdapter
+    from tollway.providers.azure import AzureAdapter
     from tollway.providers.bedrock import BedrockAdapter
     from tollway.providers.gemini import GeminiAdapter
     from tollway.providers.mock import MockAdapter
     from tollway.providers.openai import OpenAIAdapter
+    from tollway.providers.presets import PRESETS
 
     adapters: dict[str, ProviderAdapter] = {}
     problems: list[str] = []
@@ -43,10 +47,24 @@ def build_adapters(
             continue
         ring = KeyRing(keys) if keys else None
         match prov.kind:
-            case "openai" if prov.base_url is None:
-                problems.append(f"providers[{i}] (provider `{prov.name}`): presets are not supported yet")
             case "openai":
-                adapters[prov.name] = OpenAIAdapter(prov, timeouts, client, keys[0] if keys else None)
+                preset = PRESETS[prov.preset] if prov.preset is not None else None
+                if preset is not None and preset.key_required and not keys:
+                    problems.append(
+                        f"providers[{i}] (provider `{prov.name}`): preset `{preset.name}` needs an `api_key`"
+                    )
+                    continue
+                if prov.base_url is None and preset is not None:
+                    prov = msgspec.structs.replace(prov, base_url=preset.base_url)
+                rewrite = preset.rewrite if preset is not None and preset.changes_bodies else None
+                if client is not None and (len(keys) > 1 or rewrite is not None):
+                    # Keys and quirks applied per request, under the adapter (see `RotatingClient`).
+                    wrapped = RotatingClient(client, ring, "authorization", "Bearer ", rewrite)
+                    adapters[prov.name] = OpenAIAdapter(prov, timeouts, wrapped, None)
+                else:
+                    adapters[prov.name] = OpenAIAdapter(prov, timeouts, client, keys[0] if keys else None)
+            case "azure":
+                adapters[prov.name] = AzureAdapter(prov, timeouts, client, ring)
             case "anthropic":
                 adapters[prov.name] = AnthropicAdapter(prov, timeouts, client, ring)
             case "gemini":
@@ -69,8 +87,6 @@ def build_adapters(
                         aws["aws_secret_access_key"],
                         aws.get("aws_session_token"),
                     )
-            case _:
-                problems.append(f"providers[{i}] (provider `{prov.name}`): kind `{prov.kind}` has no adapter yet")
     if problems:
         raise ConfigError(problems)
     return adapters
