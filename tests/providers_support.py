@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 from tollway.config.loader import parse_config
 from tollway.config.schema import ModelConfig
 from tollway.providers import ChatCall, build_adapters
+from tollway.providers.base import StreamMeter
 from tollway.testing.mock_providers import MOCK_AWS_SECRET
 from tollway.upstream import UpstreamClient
 from tollway.usage import Usage
@@ -110,6 +111,7 @@ def run(
     first_byte: float = 3.0,
     calls: int = 1,
     table: str | None = None,
+    meter: StreamMeter | None = None,
 ) -> Outcome:
     """Build the provider `p` from a config and run one call (or `calls` calls, returning the
     last) with the real upstream client; `UpstreamError` propagates. `table` replaces the
@@ -131,6 +133,7 @@ def run(
                     model=ModelConfig(name="alias", provider="p", upstream=model),
                     stream=stream,
                     api=api,  # type: ignore[arg-type]
+                    meter=meter,
                 )
                 if stream:
                     sink = RecordingSink()

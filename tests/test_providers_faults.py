@@ -10,6 +10,7 @@ import pytest
 from conftest import Server
 from providers_support import USER, anthropic_stream, openai_stream, run
 from tollway.errors import UpstreamError
+from tollway.providers.base import StreamMeter
 from tollway.testing.mock_providers import REPLY
 from tollway.upstream import FailureKind, failure_of
 
@@ -98,3 +99,21 @@ def test_slow_first_token_within_the_idle_timeout_succeeds(kind: str, api: str, 
         assert openai_stream(out.body)[1].choices[0].message.content == REPLY
     else:
         assert anthropic_stream(out.body)[1].content[0].text == REPLY  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("api", APIS)
+def test_stream_meter_gets_usage_when_complete_and_text_when_broken(
+    kind: str, api: str, mock_providers: Server
+) -> None:
+    """The pipeline settles a broken stream by counting what was delivered: the adapter must
+    report the provider's usage only for a complete stream, and the delivered text always."""
+    meter = StreamMeter()
+    out = run(kind, mock_providers.url, "plain", body_for(api, True), api=api, stream=True, meter=meter)
+    assert meter.usage == out.usage and out.usage is not None
+    meter = StreamMeter()
+    with pytest.raises(UpstreamError):
+        run(kind, mock_providers.url, "cut-stream", body_for(api, True), api=api, stream=True, meter=meter)
+    assert meter.usage is None
+    delivered = meter.take_text()
+    assert delivered and REPLY.startswith(delivered), delivered

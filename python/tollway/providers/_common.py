@@ -29,8 +29,8 @@ from tollway.errors import SseError, TranslationError, UpstreamError
 from tollway.providers._anthropic_format import AnthropicStreamEncoder, openai_completion_to_anthropic
 from tollway.providers._keys import KeyRing
 from tollway.providers._openai_format import OpenAIStreamEncoder, completion_body
-from tollway.providers._stream import Part, StreamEncoder
-from tollway.providers.base import ChatCall, ProviderAdapter, StreamSink
+from tollway.providers._stream import Part, StreamEncoder, output_text
+from tollway.providers.base import ChatCall, ProviderAdapter, StreamMeter, StreamSink
 from tollway.upstream import (
     Endpoint,
     Failure,
@@ -243,9 +243,15 @@ class HttpAdapter(ProviderAdapter):
         check_content_type(self.name, resp, expected)
 
     async def pump_sse(
-        self, resp: UpstreamResponse, deadline: float, decoder: SseDecoder, encoder: StreamEncoder, sink: StreamSink
+        self,
+        resp: UpstreamResponse,
+        deadline: float,
+        decoder: SseDecoder,
+        encoder: StreamEncoder,
+        sink: StreamSink,
+        meter: StreamMeter | None,
     ) -> Usage | None:
-        return await pump_sse(self.name, self.timeouts, resp, deadline, decoder, encoder, sink)
+        return await pump_sse(self.name, self.timeouts, resp, deadline, decoder, encoder, sink, meter)
 
 
 async def pump_sse(
@@ -256,19 +262,27 @@ async def pump_sse(
     decoder: SseDecoder,
     encoder: StreamEncoder,
     sink: StreamSink,
+    meter: StreamMeter | None,
 ) -> Usage | None:
     """Translate an SSE stream event by event; what one network chunk completes leaves in one
-    write. A stream without its end event is broken, whatever came before."""
+    write. A stream without its end event is broken, whatever came before. The output text
+    delivered goes to `meter` as it leaves; the provider's usage only once the stream is
+    complete (a partial count would understate what a broken stream produced)."""
     parser = SseParser()
     try:
         async for chunk in resp.chunks(timeouts, deadline):
             out: list[bytes] = []
+            text: list[str] = []
             for event in parser.feed(chunk):
                 parts = decoder.feed(event.data)
                 if parts:
                     out.extend(encoder.encode(parts))
+                    if meter is not None:
+                        text.append(output_text(parts))
             if out:
                 await sink.send(b"".join(out))
+                if meter is not None:
+                    meter.push_text("".join(text))
     except SseError as exc:
         raise upstream_failure(
             Failure(FailureKind.BAD_RESPONSE, provider, f"provider `{provider}` sent a malformed stream: {exc}")
@@ -276,5 +290,7 @@ async def pump_sse(
     if not decoder.complete:
         raise broken_stream(provider, "ended the stream before its end event")
     usage = decoder.usage
+    if meter is not None:
+        meter.report_usage(usage)
     await sink.send(b"".join(encoder.finish(usage)))
     return usage

@@ -73,9 +73,8 @@ async def translated_stream(
     """An OpenAI chat stream, event by event, to an Anthropic client."""
     check_content_type(adapter_name, resp, "text/event-stream")
     decoder = OpenAIStreamDecoder(adapter_name)
-    return await pump_sse(
-        adapter_name, timeouts, resp, deadline, decoder, client_encoder(call, call.model.upstream_model), sink
-    )
+    encoder = client_encoder(call, call.model.upstream_model)
+    return await pump_sse(adapter_name, timeouts, resp, deadline, decoder, encoder, sink, call.meter)
 
 
 # -- the entry points `OpenAIAdapter` calls when `call.api == "anthropic"` ---------------------------

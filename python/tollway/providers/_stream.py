@@ -68,3 +68,18 @@ class StreamEncoder(Protocol):
 
     def finish(self, usage: Usage | None) -> list[bytes]:
         """The frames that end a complete stream, carrying the final usage."""
+
+
+def output_text(parts: list[Part]) -> str:
+    """The model output a batch of parts carries, as the gateway counts it when a stream ends
+    without the provider's usage: text, reasoning, tool names and arguments (the same text the
+    native OpenAI relay keeps)."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, TextPart | ReasoningPart):
+            out.append(part.text)
+        elif isinstance(part, ToolCallStart):
+            out.append(part.name)
+        elif isinstance(part, ToolCallArgs):
+            out.append(part.arguments)
+    return "".join(out)

@@ -36,13 +36,12 @@ from tollway.providers._common import (
     request_untranslatable,
 )
 from tollway.providers._keys import KeyRing
-from tollway.providers.base import ChatCall, Completion, StreamSink
+from tollway.providers._stream import output_text
+from tollway.providers.base import ChatCall, Completion, StreamMeter, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
-# Events a relayed stream reads: usage, the end, and errors. The others are only checked to be JSON.
-_TRACKED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
 
 
 class AnthropicAdapter(HttpAdapter):
@@ -102,40 +101,45 @@ class AnthropicAdapter(HttpAdapter):
         try:
             self.check_content_type(resp, "text/event-stream")
             if call.api == "anthropic":
-                return await self._relay(resp, deadline, sink)
+                return await self._relay(resp, deadline, sink, call.meter)
             decoder = AnthropicStreamDecoder(self.name)
-            return await self.pump_sse(resp, deadline, decoder, client_encoder(call, call.model.upstream_model), sink)
+            encoder = client_encoder(call, call.model.upstream_model)
+            return await self.pump_sse(resp, deadline, decoder, encoder, sink, call.meter)
         finally:
             resp.close()
 
-    async def _relay(self, resp: UpstreamResponse, deadline: float, sink: StreamSink) -> Usage | None:
-        """Forward an Anthropic stream to an Anthropic client, reading only what the gateway needs."""
+    async def _relay(
+        self, resp: UpstreamResponse, deadline: float, sink: StreamSink, meter: StreamMeter | None
+    ) -> Usage | None:
+        """Forward an Anthropic stream to an Anthropic client as it came. Every event is read
+        (as the translating path would): for usage and the end, to never relay an event the
+        client cannot parse, and for the output text a broken stream is counted by."""
         parser = SseParser()
         tracker = AnthropicStreamDecoder(self.name)
         try:
             async for chunk in resp.chunks(self.timeouts, deadline):
                 out: list[bytes] = []
+                text: list[str] = []
                 try:
                     for event in parser.feed(chunk):
-                        if event.event in _TRACKED_EVENTS or event.event is None:
-                            tracker.feed(event.data)
-                        else:
-                            orjson.loads(event.data)  # never relay an event the client cannot parse
+                        parts = tracker.feed(event.data)
+                        if meter is not None and parts:
+                            text.append(output_text(parts))
                         out.append(event.to_bytes())
-                except (UpstreamError, orjson.JSONDecodeError):
+                except UpstreamError:
                     if out:  # what arrived before the bad event still reaches the client
                         await sink.send(b"".join(out))
                     raise
                 if out:
                     await sink.send(b"".join(out))
+                    if meter is not None:
+                        meter.push_text("".join(text))
         except SseError as exc:
             raise upstream_failure(
                 Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
             ) from None
-        except orjson.JSONDecodeError:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
-            ) from None
         if not tracker.complete:
             raise broken_stream(self.name, "ended the stream before `message_stop`")
+        if meter is not None:
+            meter.report_usage(tracker.usage)
         return tracker.usage

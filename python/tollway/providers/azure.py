@@ -27,7 +27,7 @@ from tollway.errors import ConfigError, SseError, StreamFormatError
 from tollway.providers._common import HttpAdapter, broken_stream, parse_json_object
 from tollway.providers._keys import KeyRing
 from tollway.providers._openai_wire import translated_body, translated_completion, translated_stream
-from tollway.providers.base import ChatCall, Completion, StreamSink
+from tollway.providers.base import ChatCall, Completion, StreamMeter, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage, usage_from_openai
 
@@ -106,12 +106,16 @@ class AzureAdapter(HttpAdapter):
             if call.api == "anthropic":
                 return await translated_stream(self.name, self.timeouts, resp, deadline, call, sink)
             self.check_content_type(resp, "text/event-stream")
-            return await self._relay(resp, deadline, injected, sink)
+            return await self._relay(resp, deadline, injected, sink, call.meter)
         finally:
             resp.close()
 
-    async def _relay(self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink) -> Usage | None:
+    async def _relay(
+        self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink, meter: StreamMeter | None
+    ) -> Usage | None:
         stream = OpenAIChatStream(strip_usage=injected)
+        if meter is not None:
+            meter.watch(stream)  # the relay keeps the text it forwarded, read only if usage never comes
         try:
             async for chunk in resp.chunks(self.timeouts, deadline):
                 out = stream.feed(chunk)
@@ -125,7 +129,10 @@ class AzureAdapter(HttpAdapter):
             raise upstream_failure(
                 Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
             ) from None
+        usage_json = stream.usage_json
+        usage = usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
+        if meter is not None:
+            meter.report_usage(usage)  # OpenAI-format usage comes only at the end: it is the whole
         if not stream.done:
             raise broken_stream(self.name, "ended the stream before `[DONE]`")
-        usage_json = stream.usage_json
-        return usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
+        return usage

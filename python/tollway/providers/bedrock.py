@@ -36,6 +36,7 @@ from tollway.providers._common import (
     request_untranslatable,
 )
 from tollway.providers._sigv4 import sign
+from tollway.providers._stream import output_text
 from tollway.providers.base import ChatCall, Completion, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
 from tollway.usage import Usage
@@ -124,12 +125,14 @@ class BedrockAdapter(HttpAdapter):
             resp.close()
 
     async def _pump(self, resp: UpstreamResponse, deadline: float, call: ChatCall, sink: StreamSink) -> Usage | None:
+        meter = call.meter
         frames = EventStreamDecoder()
         decoder = BedrockStreamDecoder(self.name)
         encoder = client_encoder(call, call.model.upstream_model)
         try:
             async for chunk in resp.chunks(self.timeouts, deadline):
                 out: list[bytes] = []
+                text: list[str] = []
                 try:
                     for message in frames.feed(chunk):
                         headers = message.headers
@@ -141,16 +144,18 @@ class BedrockAdapter(HttpAdapter):
                             )
                             if parts:
                                 out.extend(encoder.encode(parts))
+                                if meter is not None:
+                                    text.append(output_text(parts))
                         elif kind == "exception":
                             raise decoder.exception(str(headers.get(":exception-type", "")), message.payload)
                         elif kind == "error":
-                            code, text = headers.get(":error-code", "error"), headers.get(":error-message", "")
-                            code, text = str(code), str(text)
+                            code = str(headers.get(":error-code", "error"))
+                            reason = str(headers.get(":error-message", ""))
                             raise upstream_failure(
                                 Failure(
                                     FailureKind.BROKEN_STREAM,
                                     self.name,
-                                    f"provider `{self.name}` ended the stream with error `{code}`: {text}",
+                                    f"provider `{self.name}` ended the stream with error `{code}`: {reason}",
                                 )
                             )
                 except UpstreamError:
@@ -159,6 +164,8 @@ class BedrockAdapter(HttpAdapter):
                     raise
                 if out:
                     await sink.send(b"".join(out))
+                    if meter is not None:
+                        meter.push_text("".join(text))
         except EventStreamError as exc:
             raise upstream_failure(
                 Failure(
@@ -172,5 +179,7 @@ class BedrockAdapter(HttpAdapter):
         if frames.buffered or not decoder.complete:
             raise broken_stream(self.name, "ended the stream before `messageStop` and `metadata`")
         usage = decoder.usage
+        if meter is not None:
+            meter.report_usage(usage)
         await sink.send(b"".join(encoder.finish(usage)))
         return usage

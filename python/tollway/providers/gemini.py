@@ -85,6 +85,6 @@ class GeminiAdapter(HttpAdapter):
         try:
             self.check_content_type(resp, "text/event-stream")
             decoder = GeminiStreamDecoder(self.name)
-            return await self.pump_sse(resp, deadline, decoder, client_encoder(call, model), sink)
+            return await self.pump_sse(resp, deadline, decoder, client_encoder(call, model), sink, call.meter)
         finally:
             resp.close()
