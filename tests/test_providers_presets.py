@@ -167,3 +167,14 @@ def test_azure_deployment_api_version_and_key(mock_providers: Server) -> None:
     last = mock_providers.get_json("/_mock/last")
     assert last["path"] == "/openai/deployments/gpt-4o-mini/chat/completions"
     assert last["query"] == {"api-version": "2025-01-01-preview"}
+
+
+def test_every_toml_example_in_the_providers_doc_is_a_valid_config() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "providers.md").read_text()
+    examples = re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)
+    assert len(examples) >= 6
+    for example in examples:
+        parse_config(example, "providers.md")
