@@ -42,23 +42,6 @@ pub enum HeaderValue {
     Uuid([u8; 16]),
 }
 
-impl HeaderValue {
-    fn type_code(&self) -> u8 {
-        match self {
-            HeaderValue::Bool(true) => 0,
-            HeaderValue::Bool(false) => 1,
-            HeaderValue::Byte(_) => 2,
-            HeaderValue::Short(_) => 3,
-            HeaderValue::Int(_) => 4,
-            HeaderValue::Long(_) => 5,
-            HeaderValue::Bytes(_) => 6,
-            HeaderValue::String(_) => 7,
-            HeaderValue::Timestamp(_) => 8,
-            HeaderValue::Uuid(_) => 9,
-        }
-    }
-}
-
 /// One decoded message: its headers in wire order, and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -282,58 +265,71 @@ fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, HeaderValue)>, EventS
     Ok(headers)
 }
 
-/// Encode one message (for tests and fixtures; the gateway only decodes).
-///
-/// Panics if a header name is empty or over 255 bytes, or a byte-array or string value is over
-/// 65,535 bytes: those cannot be encoded.
-pub fn encode(headers: &[(String, HeaderValue)], payload: &[u8]) -> Vec<u8> {
-    let mut raw_headers = Vec::new();
-    for (name, value) in headers {
-        assert!(
-            !name.is_empty() && name.len() <= 255,
-            "header names are 1 to 255 bytes"
-        );
-        raw_headers.push(name.len() as u8);
-        raw_headers.extend_from_slice(name.as_bytes());
-        raw_headers.push(value.type_code());
-        match value {
-            HeaderValue::Bool(_) => {}
-            HeaderValue::Byte(v) => raw_headers.extend_from_slice(&v.to_be_bytes()),
-            HeaderValue::Short(v) => raw_headers.extend_from_slice(&v.to_be_bytes()),
-            HeaderValue::Int(v) => raw_headers.extend_from_slice(&v.to_be_bytes()),
-            HeaderValue::Long(v) | HeaderValue::Timestamp(v) => {
-                raw_headers.extend_from_slice(&v.to_be_bytes())
-            }
-            HeaderValue::Bytes(data) => {
-                let len = u16::try_from(data.len()).expect("byte arrays are at most 65,535 bytes");
-                raw_headers.extend_from_slice(&len.to_be_bytes());
-                raw_headers.extend_from_slice(data);
-            }
-            HeaderValue::String(text) => {
-                let len = u16::try_from(text.len()).expect("strings are at most 65,535 bytes");
-                raw_headers.extend_from_slice(&len.to_be_bytes());
-                raw_headers.extend_from_slice(text.as_bytes());
-            }
-            HeaderValue::Uuid(raw) => raw_headers.extend_from_slice(raw),
-        }
-    }
-    let total = (MIN_MESSAGE_LEN + raw_headers.len() + payload.len()) as u32;
-    let mut out = Vec::with_capacity(total as usize);
-    out.extend_from_slice(&total.to_be_bytes());
-    out.extend_from_slice(&(raw_headers.len() as u32).to_be_bytes());
-    let prelude_crc = crc32fast::hash(&out);
-    out.extend_from_slice(&prelude_crc.to_be_bytes());
-    out.extend_from_slice(&raw_headers);
-    out.extend_from_slice(payload);
-    let message_crc = crc32fast::hash(&out);
-    out.extend_from_slice(&message_crc.to_be_bytes());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn type_code(value: &HeaderValue) -> u8 {
+        match value {
+            HeaderValue::Bool(true) => 0,
+            HeaderValue::Bool(false) => 1,
+            HeaderValue::Byte(_) => 2,
+            HeaderValue::Short(_) => 3,
+            HeaderValue::Int(_) => 4,
+            HeaderValue::Long(_) => 5,
+            HeaderValue::Bytes(_) => 6,
+            HeaderValue::String(_) => 7,
+            HeaderValue::Timestamp(_) => 8,
+            HeaderValue::Uuid(_) => 9,
+        }
+    }
+
+    /// Encode one message (the gateway only decodes; tests need the other direction).
+    fn encode(headers: &[(String, HeaderValue)], payload: &[u8]) -> Vec<u8> {
+        let mut raw_headers = Vec::new();
+        for (name, value) in headers {
+            assert!(
+                !name.is_empty() && name.len() <= 255,
+                "header names are 1 to 255 bytes"
+            );
+            raw_headers.push(name.len() as u8);
+            raw_headers.extend_from_slice(name.as_bytes());
+            raw_headers.push(type_code(value));
+            match value {
+                HeaderValue::Bool(_) => {}
+                HeaderValue::Byte(v) => raw_headers.extend_from_slice(&v.to_be_bytes()),
+                HeaderValue::Short(v) => raw_headers.extend_from_slice(&v.to_be_bytes()),
+                HeaderValue::Int(v) => raw_headers.extend_from_slice(&v.to_be_bytes()),
+                HeaderValue::Long(v) | HeaderValue::Timestamp(v) => {
+                    raw_headers.extend_from_slice(&v.to_be_bytes())
+                }
+                HeaderValue::Bytes(data) => {
+                    let len =
+                        u16::try_from(data.len()).expect("byte arrays are at most 65,535 bytes");
+                    raw_headers.extend_from_slice(&len.to_be_bytes());
+                    raw_headers.extend_from_slice(data);
+                }
+                HeaderValue::String(text) => {
+                    let len = u16::try_from(text.len()).expect("strings are at most 65,535 bytes");
+                    raw_headers.extend_from_slice(&len.to_be_bytes());
+                    raw_headers.extend_from_slice(text.as_bytes());
+                }
+                HeaderValue::Uuid(raw) => raw_headers.extend_from_slice(raw),
+            }
+        }
+        let total = (MIN_MESSAGE_LEN + raw_headers.len() + payload.len()) as u32;
+        let mut out = Vec::with_capacity(total as usize);
+        out.extend_from_slice(&total.to_be_bytes());
+        out.extend_from_slice(&(raw_headers.len() as u32).to_be_bytes());
+        let prelude_crc = crc32fast::hash(&out);
+        out.extend_from_slice(&prelude_crc.to_be_bytes());
+        out.extend_from_slice(&raw_headers);
+        out.extend_from_slice(payload);
+        let message_crc = crc32fast::hash(&out);
+        out.extend_from_slice(&message_crc.to_be_bytes());
+        out
+    }
 
     fn header(name: &str, value: HeaderValue) -> (String, HeaderValue) {
         (name.to_owned(), value)
