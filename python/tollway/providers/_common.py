@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -219,9 +219,9 @@ class HttpAdapter(ProviderAdapter):
         """POST and return a 2xx response. A key the provider rate-limits or rejects cools down
         and the next key is tried at once (each key at most once per call)."""
         assert self.client is not None
-        keys: list[Secret | None] | Any = self.keys.attempt_order() if self.keys is not None else [None]
+        attempts: Iterable[Secret | None] = self.keys.attempt_order() if self.keys is not None else (None,)
         last: UpstreamError | None = None
-        for key in keys:
+        for key in attempts:
             resp, deadline = await self.client.post(self.name, endpoint, body, headers_for(key), self.timeouts)
             if 200 <= resp.status < 300:
                 return resp, deadline
