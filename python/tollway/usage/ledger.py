@@ -493,7 +493,7 @@ class SqliteLedger:
     def write_batch(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for start in range(0, len(records), _ROWS_PER_SLICE):
             rows.extend(_row(r) for r in records[start : start + _ROWS_PER_SLICE])
             # Building rows is Python work that holds the GIL; the request path runs in another
