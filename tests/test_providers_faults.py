@@ -115,5 +115,5 @@ def test_stream_meter_gets_usage_when_complete_and_text_when_broken(
     with pytest.raises(UpstreamError):
         run(kind, mock_providers.url, "cut-stream", body_for(api, True), api=api, stream=True, meter=meter)
     assert meter.usage is None
-    delivered = meter.take_text()
+    delivered = meter.all_text()
     assert delivered and REPLY.startswith(delivered), delivered

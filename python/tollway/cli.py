@@ -1,9 +1,11 @@
-"""The `tollway` command: serve | check | keys new | usage | explain."""
+"""The `tollway` command: serve | check | keys new | usage | explain | policy test | policy replay."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,10 +44,54 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     config = loaded.config
+    from tollway.policy.testing import policy_warnings
+
+    for warning in policy_warnings(config):
+        print(f"{args.path}: warning: {warning}", file=sys.stderr)
     print(
         f"{args.path}: ok ({len(config.providers)} providers, {len(config.models)} models, "
-        f"{len(config.keys)} keys, serving on {config.server.host}:{config.server.port})"
+        f"{len(config.keys)} keys, {len(config.policies)} policies, "
+        f"serving on {config.server.host}:{config.server.port})"
     )
+    return 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from tollway.policy.testing import run_policy_tests
+
+    try:
+        failures, lines = run_policy_tests(Path(args.path))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    print("\n".join(lines))
+    return 1 if failures else 0
+
+
+def cmd_policy_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from tollway.config import load_config
+    from tollway.policy.testing import replay
+    from tollway.usage.ledger import parse_since
+
+    try:
+        config = load_config(args.config).config
+        ledger = _open_ledger(args.ledger_config or args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    try:
+        since = parse_since(args.since, time.time())
+    except ValueError as exc:
+        print(f"tollway policy replay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        records = ledger.records(since=since)
+    finally:
+        ledger.close()
+    report = replay(config, records)
+    print("\n".join(report.lines()))
     return 0
 
 
@@ -165,7 +211,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else server.workers
     # Workers find the config through the environment: Granian imports the app in each worker.
     os.environ["TOLLWAY_CONFIG"] = str(Path(args.config).resolve())
-    granian = Server(
+
+    class TollwayServer(Server):  # type: ignore[misc,valid-type]
+        """Granian's server, with SIGHUP meaning "reload the configuration" instead of "respawn
+        the workers" (which would drop every in-process counter): each worker gets SIGUSR1 and
+        reloads in place (`tollway.server.app.Gateway.reload_from_file`)."""
+
+        def _reload(self, spawn_target: object, target_loader: object) -> None:
+            self.reload_signal = False
+            self.main_loop_interrupt.clear()
+            for worker in self.wrks:
+                with contextlib.suppress(ProcessLookupError, TypeError):
+                    os.kill(worker._id(), signal.SIGUSR1)
+
+    granian = TollwayServer(
         "tollway.server.app:create_app",
         factory=True,
         address=host,
@@ -218,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default: {DEFAULT_CONFIG})")
     explain.add_argument("--json", action="store_true", help="print the full record as JSON")
     explain.set_defaults(func=cmd_explain)
+
+    policy = sub.add_parser("policy", help="test policies before enforcing them")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    ptest = policy_sub.add_parser("test", help="run policy unit tests written in TOML")
+    ptest.add_argument("path", help="the test file (it names the configuration under test)")
+    ptest.set_defaults(func=cmd_policy_test)
+    preplay = policy_sub.add_parser("replay", help="re-evaluate recorded traffic against a new configuration")
+    preplay.add_argument("--config", required=True, help="the new configuration")
+    preplay.add_argument("--ledger-config", help="the configuration whose ledger holds the traffic (default: --config)")
+    preplay.add_argument("--since", default="24h", help="how far back: a duration (24h, 7d) or a date")
+    preplay.set_defaults(func=cmd_policy_replay)
 
     keys = sub.add_parser("keys", help="manage virtual keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

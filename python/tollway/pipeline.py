@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from tollway._native import StreamTokenCounter
 from tollway.auth import Identity, presented_key
 from tollway.config.schema import ModelConfig
 from tollway.errors import UpstreamError
+from tollway.policy.engine import RequestFacts
 from tollway.providers import ChatCall, ProviderAdapter
 from tollway.providers.base import StreamMeter
 from tollway.routing import Plan, RoutingError, Step, Target
@@ -43,8 +45,8 @@ from tollway.usage.accounting import output_text, settle_usage
 from tollway.usage.record import Attempt, UsageRecord
 
 if TYPE_CHECKING:
-    from tollway.policy import Admission
-    from tollway.server.app import Gateway
+    from tollway.policy.engine import Admission
+    from tollway.server.app import Gateway, Runtime
 
 log = logging.getLogger("tollway")
 
@@ -64,17 +66,39 @@ class ClientGone(Exception):
     """Writing to the client failed: it has disconnected."""
 
 
+class CapReached(Exception):
+    """A truncating budget's output allowance is used up: the stream must end here."""
+
+
+class OutputGuard:
+    """Counts a stream's output as it is sent, for a budget with `on_exceed = "truncate"`."""
+
+    __slots__ = ("_counter", "cap", "meter", "policy")
+
+    def __init__(self, cap: int, policy: str, meter: StreamMeter, counter: StreamTokenCounter) -> None:
+        self.cap = cap
+        self.policy = policy
+        self.meter = meter
+        self._counter = counter
+
+    def check(self) -> None:
+        text = self.meter.new_text()
+        if text and self._counter.push(text) >= self.cap:
+            raise CapReached()
+
+
 class ClientStream:
     """The client side of a streamed response; the HTTP response starts on the first send."""
 
-    __slots__ = ("_headers", "_proto", "_transport", "first_send_at", "sent_bytes")
+    __slots__ = ("_headers", "_proto", "_transport", "first_send_at", "guard", "sent_bytes")
 
-    def __init__(self, proto: Any, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, proto: Any, headers: list[tuple[str, str]], guard: OutputGuard | None = None) -> None:
         self._proto = proto
         self._headers = headers
         self._transport: Any = None
         self.first_send_at: float | None = None  # perf_counter time of the first byte
         self.sent_bytes = 0
+        self.guard = guard
 
     @property
     def started(self) -> bool:
@@ -89,6 +113,8 @@ class ClientStream:
         except Exception as exc:  # Granian raises its own protocol errors for a closed peer
             raise ClientGone(str(exc)) from None
         self.sent_bytes += len(data)
+        if self.guard is not None:
+            self.guard.check()
 
     def close(self) -> None:
         """End the response body. Granian ends a streamed body when its transport is released;
@@ -138,8 +164,11 @@ def parse_body(raw: bytes, api: Api) -> ParsedRequest:
 class ModelRequest:
     """One call to a model endpoint, from authentication to its usage record."""
 
-    def __init__(self, gateway: Gateway, scope: Any, proto: Any, request_id: str, api: Api, endpoint: str) -> None:
+    def __init__(
+        self, gateway: Gateway, runtime: Runtime, scope: Any, proto: Any, request_id: str, api: Api, endpoint: str
+    ) -> None:
         self.gw = gateway
+        self.rt = runtime
         self.scope = scope
         self.proto = proto
         self.api: Api = api
@@ -161,6 +190,8 @@ class ModelRequest:
         self.attempted = False
         # Output text of a non-streamed answer without usage, for counting.
         self.delivered_text: str | None = None
+        # The truncating budget that ended the stream, if one did.
+        self.truncated_by: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -188,9 +219,10 @@ class ModelRequest:
         self.identity = identity = self._authenticate()
         rec = self.record
         rec.key, rec.team, rec.user, rec.tags = identity.key_name, identity.team, identity.user, list(identity.tags)
-        raw = await gw.read_body(self.scope, self.proto)
+        raw = await gw.read_body(self.scope, self.proto, self.rt.max_body)
         self.parsed = parsed = parse_body(raw, self.api)
         rec.requested_model, rec.stream = parsed.model, parsed.stream
+        rec.params = _numeric_params(parsed.body)
         if not identity.may_use(parsed.model):
             raise Reject(
                 ApiError(
@@ -204,11 +236,37 @@ class ModelRequest:
         plan = self._plan(parsed, identity)
         primary = plan.candidates[0]
         rec.provider, rec.upstream_model = primary.provider, primary.model
-        self.admission = admission = gw.policies.admit(self, primary)
-        rec.decisions = admission.verdicts
-        if admission.denied is not None:
-            raise Reject(admission.denied)
+        if len(self.rt.policies):
+            self.admission = admission = self.rt.policies.evaluate(self._facts(identity, parsed, primary))
+            rec.decisions = admission.verdicts
+            if admission.denied is not None:
+                raise Reject(admission.denied)
+            if admission.clamps:
+                self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
         await self._attempts(plan, parsed)
+
+    def _facts(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> RequestFacts:
+        """The request as policies see it (built only when some policy is configured)."""
+        body = parsed.body
+        accounting = self.rt.accounting(primary, self.rt.model_config(primary))
+        api, raw = self.api, parsed.raw
+        return RequestFacts(
+            key=identity.key_name,
+            team=identity.team,
+            user=identity.user,
+            tags=identity.tags,
+            model=parsed.model,
+            resolved_model=primary.model,
+            provider=primary.provider,
+            endpoint=self.record.endpoint,
+            ip=self.record.client_ip,
+            params=self.record.params,
+            stream=parsed.stream,
+            has_tools=bool(body.get("tools")),
+            headers=self.scope.headers,
+            count_prompt=lambda: accounting.count_prompt(api, raw)[0],
+            model_info=accounting.info,
+        )
 
     def _authenticate(self) -> Identity:
         headers = self.scope.headers
@@ -222,7 +280,7 @@ class ModelRequest:
                     "no API key: send a tollway virtual key as `Authorization: Bearer <key>` or `x-api-key`",
                 )
             )
-        identity = self.gw.keys.lookup(key)
+        identity = self.rt.keys.lookup(key)
         if identity is None:
             raise Reject(
                 ApiError(
@@ -234,7 +292,7 @@ class ModelRequest:
     def _plan(self, parsed: ParsedRequest, identity: Identity) -> Plan:
         override = self.scope.headers.get("x-tollway-target")
         try:
-            return self.gw.router.plan(parsed.model, identity, override=override, stream=parsed.stream)
+            return self.rt.router.plan(parsed.model, identity, override=override, stream=parsed.stream)
         except RoutingError as exc:
             if exc.code == "model_not_found":
                 raise Reject(
@@ -276,10 +334,10 @@ class ModelRequest:
         self, plan: Plan, step: Step, parsed: ParsedRequest
     ) -> tuple[Failure | None, dict[str, str] | None]:
         """One attempt at one target; the failure (and its response headers) or `None` on success."""
-        gw = self.gw
+        rt = self.rt
         target = step.target
-        adapter = gw.adapters[target.provider]
-        model = gw.model_config(target)
+        adapter = rt.adapters[target.provider]
+        model = rt.model_config(target)
         self.meter = StreamMeter() if parsed.stream else None
         call = ChatCall(
             request_id=self.request_id,
@@ -309,17 +367,29 @@ class ModelRequest:
                     self.delivered_text = output_text(completion.body, self.api)
                 self.complete = True
                 self._respond_completion(completion.body, [*completion.headers], target)
-            gw.router.observe(target, None, ttft_s=_ttft(attempt), latency_s=attempt.latency_ms / 1000)
+            rt.router.observe(target, None, ttft_s=_ttft(attempt), latency_s=attempt.latency_ms / 1000)
             return None, None
         except UpstreamError as exc:
             failure = failure_of(exc)
             self._finish_attempt(attempt, began, failure)
-            gw.router.observe(target, failure.kind)
+            rt.router.observe(target, failure.kind)
             headers = {"retry-after": failure.retry_after} if failure.retry_after else None
             return failure, headers
         except _ClientLeft:
             self._finish_attempt(attempt, began, None, outcome="client_disconnected")
             self.record.client_disconnected = True
+            return None, None
+        except CapReached:
+            self._finish_attempt(attempt, began, None, outcome="truncated")
+            policy = self.truncated_by or "?"
+            message = (
+                f"budget reached: policy `{policy}` allowed no more output for this request; "
+                'the answer was cut here (`on_exceed = "truncate"`)'
+            )
+            await self._end_stream_with(ApiError(429, "rate_limit_error", "budget_exhausted", message))
+            for verdict in self.record.decisions:
+                if verdict.policy == policy and verdict.kind == "budget":
+                    verdict.verdict = "truncate"
             return None, None
 
     def _finish_attempt(
@@ -390,7 +460,13 @@ class ModelRequest:
         """
         # A new sink per attempt: after a failover before the first byte the response has not
         # started, so its headers name the target that serves it.
-        self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)])
+        guard = None
+        cap = self.admission.output_cap if self.admission is not None else None
+        if cap is not None and call.meter is not None:
+            counter = self.rt.accounting(target, call.model).counter()
+            if counter is not None:
+                guard = OutputGuard(cap[0], cap[1], call.meter, counter.stream())
+        self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard)
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.ensure_future(self.proto.client_disconnect())
@@ -417,6 +493,13 @@ class ModelRequest:
         except ClientGone:
             log.info("request %s: client went away mid-stream; upstream request ended", self.request_id)
             raise _ClientLeft() from None
+        except CapReached:
+            # The upstream request is closed (the adapter's `finally`); the stream ends with an
+            # explicit error, never a silent cut.
+            assert guard is not None
+            self.record.status = 200
+            self.truncated_by = guard.policy
+            raise
         except UpstreamError:
             if sink.started:
                 self.record.status = 200
@@ -461,8 +544,8 @@ class ModelRequest:
         reported = self.reported_usage
         if reported is None and self.meter is not None:
             reported = self.meter.usage
-            delivered = self.meter.take_text()
-        accounting = self.gw.accounting(target, call.model)
+            delivered = self.meter.all_text()
+        accounting = self.rt.accounting(target, call.model)
         complete = self.complete and not rec.client_disconnected
         settled = settle_usage(
             accounting,
@@ -493,6 +576,27 @@ class ModelRequest:
             else:
                 self.admission.settle(usage, settled.cost.micro_usd if settled.cost.source != "unpriced" else None)
             rec.decisions = self.admission.verdicts
+
+
+def _numeric_params(body: dict[str, Any]) -> dict[str, float]:
+    """The numeric parameters policies look at, as sent (`max_completion_tokens` is `max_tokens`)."""
+    params: dict[str, float] = {}
+    for name in ("max_tokens", "n", "temperature", "top_p"):
+        value = body.get("max_completion_tokens", body.get(name)) if name == "max_tokens" else body.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            params[name] = float(value)
+    return params
+
+
+def _clamped(parsed: ParsedRequest, clamps: dict[str, int | float], api: Api) -> ParsedRequest:
+    """The request with parameters lowered by policies (the body sent upstream is re-encoded)."""
+    body = dict(parsed.body)
+    for name, value in clamps.items():
+        if name == "max_tokens" and api == "openai" and "max_completion_tokens" in body:
+            body["max_completion_tokens"] = value
+        else:
+            body[name] = value
+    return ParsedRequest(body, orjson.dumps(body), parsed.model, parsed.stream)
 
 
 class _ClientLeft(Exception):

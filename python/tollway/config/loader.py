@@ -136,22 +136,23 @@ class _Decoder:
         hints = self._hints.get(tp)
         if hints is None:
             hints = self._hints[tp] = typing.get_type_hints(tp)
-        fields = {f.name: f for f in msgspec.structs.fields(tp)}
+        # Keys as written in TOML (`encode_name`: a field may be renamed, as `not_` is `not`).
+        fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
         for key in value:
             if key not in fields:
                 known = ", ".join(f"`{k}`" for k in fields)
                 self.problem((*path, key), f"unknown key `{key}`; expected one of {known}")
         kwargs: dict[str, Any] = {}
         complete = True
-        for name, field in fields.items():
-            if name in value:
-                out = self.clean(value[name], hints[name], (*path, name))
+        for key, field in fields.items():
+            if key in value:
+                out = self.clean(value[key], hints[field.name], (*path, key))
                 if out is not _INVALID:
-                    kwargs[name] = out
+                    kwargs[field.name] = out
                 elif field.required:
                     complete = False
             elif field.required:
-                self.problem(path, f"missing required key `{name}`")
+                self.problem(path, f"missing required key `{key}`")
                 complete = False
         # Struct __init__ does not type-check, so a list field may hold `None` for an unusable
         # item here; only `_validate` sees such a partial value, never a caller.
@@ -267,6 +268,15 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
             for message in catalog_entry_problems(entry, f"catalog[{i}]"):
                 field, _, text = message.partition(": ")
                 p(("catalog", i, field.rsplit(".", 1)[-1]), text)
+    from tollway.policy.engine import policy_problems
+
+    for path, message in policy_problems(config.policies):
+        p(path, message)
+    if config.limits.default_max_output_tokens < 1:
+        p(
+            ("limits", "default_max_output_tokens"),
+            f"expected at least 1, got {config.limits.default_max_output_tokens}",
+        )
     for field_name, message in config.ledger.problems():
         p(("ledger", field_name), message)
     if not 0.0 <= config.tracing.sample_ratio <= 1.0:

@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from tollway.policy.config import LimitsConfig, PolicyConfig
 from tollway.routing.config import RouteConfig, RoutingConfig
 from tollway.usage.catalog import ModelInfo
 from tollway.usage.ledger import LedgerConfig
@@ -60,6 +61,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Upper bound on pooled keep-alive connections per provider host.
     max_connections_per_host: int = 256
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Reload when the config file changes (polled every second); SIGHUP and the admin API
+    # (`POST /_tollway/reload`) reload too.
+    watch_config: bool = False
 
 
 class MockOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -161,6 +165,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routes: list[RouteConfig] = []
     routing: RoutingConfig = RoutingConfig()
     catalog: list[ModelInfo] = []
+    policies: list[PolicyConfig] = []
+    limits: LimitsConfig = LimitsConfig()
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -280,9 +280,10 @@ async def pump_sse(
                     if meter is not None:
                         text.append(output_text(parts))
             if out:
-                await sink.send(b"".join(out))
+                # The text first: a live count (a truncating budget) sees what this write delivers.
                 if meter is not None:
                     meter.push_text("".join(text))
+                await sink.send(b"".join(out))
     except SseError as exc:
         raise upstream_failure(
             Failure(FailureKind.BAD_RESPONSE, provider, f"provider `{provider}` sent a malformed stream: {exc}")

@@ -51,15 +51,16 @@ class StreamMeter:
     arrives (the stream broke, the client left, the server ignores `include_usage`), the gateway
     counts the output text that passed: adapters either `watch` a native relay that keeps the
     text itself (read only if needed, so a complete stream costs nothing), or `push_text` the
-    deltas they translated. Text is in delivery order; reading it drains it.
+    deltas they translated. Text is kept in delivery order.
     """
 
-    __slots__ = ("_pushed", "_sources", "usage")
+    __slots__ = ("_pushed", "_seen", "_sources", "usage")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self._sources: list[TextSource] = []
         self._pushed: list[str] = []
+        self._seen: list[str] = []
 
     def report_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -72,12 +73,20 @@ class StreamMeter:
         if text:
             self._pushed.append(text)
 
-    def take_text(self) -> str:
-        """The output text delivered since the last call."""
+    def new_text(self) -> str:
+        """The output text delivered since the last call (a live count's increment)."""
         parts = [source.take_output_text() for source in self._sources]
         parts.extend(self._pushed)
         self._pushed.clear()
-        return "".join(parts)
+        text = "".join(parts)
+        if text:
+            self._seen.append(text)
+        return text
+
+    def all_text(self) -> str:
+        """Every output text delivered so far."""
+        self.new_text()
+        return "".join(self._seen)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""The built-in `mock` provider: deterministic OpenAI-format answers with no network.
+"""The built-in `mock` provider: deterministic answers with no network, in either client API.
 
 For demos, tests and load tests. It answers every chat request with the configured `reply`
 (split into `stream_chunks` pieces when streamed), after `latency_ms`, with `chunk_delay_ms`
@@ -16,7 +16,12 @@ from typing import Any
 
 import orjson
 
+from tollway._native import SseParser
 from tollway.config.schema import ProviderConfig, Timeouts
+from tollway.providers._anthropic_format import anthropic_request_to_openai
+from tollway.providers._common import client_body, client_encoder
+from tollway.providers._openai_format import OpenAIStreamDecoder
+from tollway.providers._stream import output_text
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
 from tollway.usage import Usage
 
@@ -71,9 +76,10 @@ class MockAdapter(ProviderAdapter):
     async def chat(self, call: ChatCall) -> Completion:
         if self.options.latency_ms > 0:
             await asyncio.sleep(self.options.latency_ms / 1000)
-        words, finish = self._answer(call.body)
-        n = self._choices(call.body)
-        usage = Usage(prompt_tokens=_prompt_words(call.body.get("messages")), completion_tokens=len(words) * n)
+        body = _openai_body(call)
+        words, finish = self._answer(body)
+        n = self._choices(body)
+        usage = Usage(prompt_tokens=_prompt_words(body.get("messages")), completion_tokens=len(words) * n)
         text = " ".join(words)
         payload = {
             "id": f"chatcmpl-mock-{call.request_id}",
@@ -96,17 +102,30 @@ class MockAdapter(ProviderAdapter):
             },
             "system_fingerprint": "tollway-mock",
         }
+        if call.api == "anthropic":
+            return Completion(body=client_body(self.name, call, payload, usage), usage=usage)
         return Completion(body=orjson.dumps(payload), usage=usage)
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
+        if call.api == "anthropic":
+            # Answer in OpenAI's format and translate it event by event, as for a real provider.
+            translating = _AnthropicSink(self.name, call, sink)
+            usage = await self._stream_openai(call, _openai_body(call), translating, include_usage=True)
+            await translating.finish(usage)
+            return usage
+        stream_options = call.body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        return await self._stream_openai(call, call.body, sink, include_usage)
+
+    async def _stream_openai(
+        self, call: ChatCall, body: dict[str, Any], sink: StreamSink, include_usage: bool
+    ) -> Usage | None:
         options = self.options
         if options.latency_ms > 0:
             await asyncio.sleep(options.latency_ms / 1000)
-        words, finish = self._answer(call.body)
-        n = self._choices(call.body)
-        usage = Usage(prompt_tokens=_prompt_words(call.body.get("messages")), completion_tokens=len(words) * n)
-        stream_options = call.body.get("stream_options")
-        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        words, finish = self._answer(body)
+        n = self._choices(body)
+        usage = Usage(prompt_tokens=_prompt_words(body.get("messages")), completion_tokens=len(words) * n)
         base = {
             "id": f"chatcmpl-mock-{call.request_id}",
             "object": "chat.completion.chunk",
@@ -132,7 +151,7 @@ class MockAdapter(ProviderAdapter):
             await sink.send(
                 event([{"index": i, "delta": {"content": piece}, "finish_reason": None} for i in range(n)], **extra)
             )
-            if call.meter is not None:
+            if call.meter is not None and call.api == "openai":
                 call.meter.push_text(piece * n)
         tail = event([{"index": i, "delta": {}, "finish_reason": finish} for i in range(n)], **extra)
         if include_usage:
@@ -146,3 +165,37 @@ class MockAdapter(ProviderAdapter):
             )
         await sink.send(tail + b"data: [DONE]\n\n")
         return usage
+
+
+def _openai_body(call: ChatCall) -> dict[str, Any]:
+    """The request in OpenAI's format (an Anthropic-format request is translated)."""
+    return anthropic_request_to_openai(call.body) if call.api == "anthropic" else call.body
+
+
+class _AnthropicSink:
+    """Turns the mock's OpenAI stream into Anthropic events, as the translating adapters do."""
+
+    def __init__(self, provider: str, call: ChatCall, sink: StreamSink) -> None:
+        self._parser = SseParser()
+        self._decoder = OpenAIStreamDecoder(provider)
+        self._encoder = client_encoder(call, call.model.upstream_model)
+        self._sink = sink
+        self._meter = call.meter
+
+    @property
+    def started(self) -> bool:
+        return self._sink.started
+
+    async def send(self, data: bytes) -> None:
+        out: list[bytes] = []
+        for event in self._parser.feed(data):
+            parts = self._decoder.feed(event.data)
+            if parts:
+                out.extend(self._encoder.encode(parts))
+                if self._meter is not None:
+                    self._meter.push_text(output_text(parts))
+        if out:
+            await self._sink.send(b"".join(out))
+
+    async def finish(self, usage: Usage | None) -> None:
+        await self._sink.send(b"".join(self._encoder.finish(usage)))

@@ -1,40 +1,55 @@
-"""The RSGI application: routing by path, request ids, body limits, and the gateway's services.
+"""The RSGI application: routing by path, request ids, body limits, the gateway's services, reload.
 
 Granian calls `Gateway.__rsgi__` once per request, in one event loop per worker. Everything the
-request path needs is built once per worker (adapters, the pooled upstream client, the key
-store, the router, the policy engine, the ledger writer, metrics), so a request costs one dict
-lookup to route, one hash to authenticate and one JSON parse of the body. Model calls are run by
+request path needs is built once per worker, so a request costs one dict lookup to route, one
+hash to authenticate and one JSON parse of the body. Model calls are run by
 `tollway.pipeline.ModelRequest`; this module serves the rest (models list, health, metrics,
 admin API) and records every finished model request (ledger, metrics, access log, trace).
+
+Two lifetimes:
+- `Gateway`: the worker process (the upstream connection pool, policy counters, the ledger
+  writer, metrics, logs, traces). Built once.
+- `Runtime`: one configuration (keys, models, catalog, router, policies, adapters). Replaced
+  whole by a reload; a request keeps the runtime it started with.
+
+Reload: SIGHUP to `tollway serve` (relayed to every worker as SIGUSR1), `POST /_tollway/reload`
+(admin key), or `[server] watch_config = true`. The file is validated first; a broken file is
+refused with every problem logged, and the previous configuration keeps serving. Counters of
+limits whose definition did not change carry over (`MemoryBackend.prepare`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from tollway.auth import Identity, KeyStore, hash_key, presented_key
 from tollway.config.loader import LoadedConfig, load_config
 from tollway.config.schema import ModelConfig
+from tollway.errors import ConfigError
 from tollway.observability.logs import AccessLog
 from tollway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tollway.observability.metrics import GatewayMetrics
 from tollway.observability.tracing import Tracer
 from tollway.pipeline import ModelRequest, Reject, model_config_for
-from tollway.policy import PolicyEngine
+from tollway.policy.engine import PolicyEngine
+from tollway.policy.state import MemoryBackend
 from tollway.providers import ProviderAdapter, build_adapters
 from tollway.routing import Router, Target
 from tollway.server import admin
-from tollway.server.errors import ApiError
+from tollway.server.errors import ApiError, invalid_request
 from tollway.upstream import UpstreamClient
 from tollway.usage.accounting import ModelAccounting
 from tollway.usage.catalog import Catalog
@@ -44,6 +59,7 @@ from tollway.usage.record import UsageRecord
 log = logging.getLogger("tollway")
 
 CONFIG_ENV = "TOLLWAY_CONFIG"
+WATCH_INTERVAL_S = 1.0
 _JSON = ("content-type", "application/json")
 
 Handler = Callable[[Any, Any, str], Awaitable[None]]
@@ -57,13 +73,16 @@ def new_request_id() -> str:
     return f"req_{time.time_ns() // 1_000_000 & 0xFF_FFFF_FFFF:010x}{os.urandom(7).hex()}"
 
 
-class Gateway:
-    """One worker's gateway. Build it with `create_app()` (Granian's factory)."""
+class Runtime:
+    """Everything derived from one configuration, replaced whole by a reload."""
 
-    def __init__(self, loaded: LoadedConfig) -> None:
-        self.loaded = loaded
+    def __init__(
+        self, loaded: LoadedConfig, client: UpstreamClient | None, backend: MemoryBackend, digest: str
+    ) -> None:
         config = loaded.config
+        self.loaded = loaded
         self.config = config
+        self.digest = digest  # of the file's bytes: reloading the same text is a no-op
         self.base_dir = loaded.path.parent
         self.max_body = config.server.max_body_bytes
         self.keys = KeyStore(config.keys)
@@ -72,59 +91,12 @@ class Gateway:
         self.router = Router(
             config.routes, config.models, [p.name for p in config.providers], config.routing, price=self._price
         )
-        self.policies = PolicyEngine()
-        self.metrics = GatewayMetrics(models=[*self.models, *(r.name for r in config.routes)])
-        self.access_log = AccessLog() if config.logging.access_log else None
-        self.tracer: Tracer | None = None
-        self.ledger: Ledger | None = None
-        self.client: UpstreamClient | None = None
-        self.adapters: dict[str, ProviderAdapter] = {}
-        self._accounting: dict[tuple[str, str, str | None], ModelAccounting] = {}
-        self.admin_digest = (
-            bytes.fromhex(config.admin.key_hash.removeprefix("sha256:")) if config.admin.key_hash else None
+        self.policies = PolicyEngine(config.policies, config.limits, backend)
+        self.adapters: dict[str, ProviderAdapter] = build_adapters(
+            config.providers, config.server.timeouts, client, self.base_dir
         )
-        self.ready = False
-        self.routes: dict[tuple[str, str], Handler] = {
-            ("POST", "/v1/chat/completions"): self.chat_completions,
-            ("POST", "/v1/messages"): self.messages,
-            ("GET", "/v1/models"): self.list_models,
-            ("GET", "/healthz"): self.healthz,
-            ("GET", "/readyz"): self.readyz,
-            ("GET", "/metrics"): self.metrics_endpoint,
-            ("GET", "/_tollway/usage"): self.admin_usage,
-        }
-        self._paths = {path for _, path in self.routes}
+        self._accounting: dict[tuple[str, str, str | None], ModelAccounting] = {}
 
-    # -- lifecycle (Granian RSGI hooks) -------------------------------------------------------
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.startup())
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.shutdown())
-
-    async def startup(self) -> None:
-        config = self.config
-        needs_network = any(p.kind != "mock" for p in config.providers)
-        self.client = UpstreamClient(config.server.max_connections_per_host) if needs_network else None
-        self.adapters = build_adapters(config.providers, config.server.timeouts, self.client, self.base_dir)
-        # Built here, in the worker process: the writer is a thread, and threads do not survive fork.
-        self.ledger = Ledger(_ledger_config(config.ledger, self.base_dir))
-        self.metrics.attach_ledger(self.ledger.stats)
-        self.tracer = Tracer.from_config(config.tracing, {p.name: p.kind for p in config.providers})
-        self.ready = True
-
-    async def shutdown(self) -> None:
-        self.ready = False
-        if self.client is not None:
-            await self.client.close()
-        if self.access_log is not None:
-            self.access_log.flush()
-        if self.ledger is not None and not self.ledger.close(timeout=10.0):
-            log.error("the usage ledger did not finish writing within 10 s; some records may be lost")
-        if self.tracer is not None:
-            self.tracer.shutdown()
-
-    # -- services the pipeline uses -----------------------------------------------------------
     def model_config(self, target: Target) -> ModelConfig:
         return model_config_for(target, self.models)
 
@@ -142,6 +114,132 @@ class Gateway:
             return None
         return info.input, info.output
 
+
+class Gateway:
+    """One worker's gateway. Build it with `create_app()` (Granian's factory)."""
+
+    def __init__(self, loaded: LoadedConfig, digest: str = "") -> None:
+        self.loaded = loaded
+        config = loaded.config
+        self.config = config
+        self.digest = digest
+        self.base_dir = loaded.path.parent
+        # Leases and reservations outlive any request (the routing deadline), then expire.
+        self.backend = MemoryBackend(lease_ttl_s=config.routing.deadline_s + 60)
+        self.runtime: Runtime | None = None
+        self.metrics = GatewayMetrics(models=[*(m.name for m in config.models), *(r.name for r in config.routes)])
+        self.access_log = AccessLog() if config.logging.access_log else None
+        self.tracer: Tracer | None = None
+        self.ledger: Ledger | None = None
+        self.client: UpstreamClient | None = None
+        self.admin_digest = (
+            bytes.fromhex(config.admin.key_hash.removeprefix("sha256:")) if config.admin.key_hash else None
+        )
+        self.ready = False
+        self.reloads = 0
+        self._watch: asyncio.Task[None] | None = None
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/messages"): self.messages,
+            ("GET", "/v1/models"): self.list_models,
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/readyz"): self.readyz,
+            ("GET", "/metrics"): self.metrics_endpoint,
+            ("GET", "/_tollway/usage"): self.admin_usage,
+            ("POST", "/_tollway/reload"): self.admin_reload,
+        }
+        self._paths = {path for _, path in self.routes}
+
+    # -- lifecycle (Granian RSGI hooks) -------------------------------------------------------
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.startup())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.shutdown())
+
+    async def startup(self) -> None:
+        config = self.config
+        # One connection pool for every configuration: a reload keeps the warm connections.
+        self.client = UpstreamClient(config.server.max_connections_per_host)
+        self.runtime = Runtime(self.loaded, self.client, self.backend, self.digest)
+        # Built here, in the worker process: the writer is a thread, and threads do not survive fork.
+        self.ledger = Ledger(_ledger_config(config.ledger, self.base_dir))
+        self.metrics.attach_ledger(self.ledger.stats)
+        self.tracer = Tracer.from_config(config.tracing, {p.name: p.kind for p in config.providers})
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # `tollway serve` relays SIGHUP to every worker as SIGUSR1 (see `tollway.cli`).
+            loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.reload_from_file("SIGHUP")))
+        if config.server.watch_config:
+            self._watch = loop.create_task(self._watch_config())
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.client is not None:
+            await self.client.close()
+        if self.access_log is not None:
+            self.access_log.flush()
+        if self.ledger is not None and not self.ledger.close(timeout=10.0):
+            log.error("the usage ledger did not finish writing within 10 s; some records may be lost")
+        if self.tracer is not None:
+            self.tracer.shutdown()
+
+    # -- reload ---------------------------------------------------------------------------------
+    def load_runtime(self) -> Runtime | None:
+        """A runtime from the config file as it is now; `None` if it is the text already serving.
+        Raises `ConfigError` with every problem of a broken file."""
+        path = self.loaded.path
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        digest = hashlib.sha256(text).hexdigest()
+        if self.runtime is not None and digest == self.runtime.digest:
+            return None
+        return Runtime(load_config(path), self.client, self.backend, digest)
+
+    async def reload_from_file(self, trigger: str) -> tuple[bool, list[str]]:
+        """Validate the config file and switch to it; a broken file leaves the old one serving.
+        Returns whether a new configuration took effect, and the problems of a refused one."""
+        try:
+            runtime = self.load_runtime()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload (%s) refused: %s", trigger, problem)
+            log.error("reload (%s) refused: the previous configuration keeps serving", trigger)
+            return False, exc.problems
+        if runtime is None:
+            return False, []
+        self.runtime = runtime
+        self.reloads += 1
+        log.info(
+            "reload (%s): configuration %s in effect (%d models, %d policies)",
+            trigger,
+            runtime.digest[:12],
+            len(runtime.models),
+            len(runtime.policies),
+        )
+        return True, []
+
+    async def _watch_config(self) -> None:
+        """`[server] watch_config`: poll the file and reload when it changes."""
+        path = self.loaded.path
+        last: tuple[int, int] | None = None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            seen = (stat.st_mtime_ns, stat.st_size)
+            if last is not None and seen != last:
+                await self.reload_from_file("file change")
+            last = seen
+
+    # -- recording ------------------------------------------------------------------------------
     def record(self, record: UsageRecord) -> None:
         """A finished request: to the ledger, the metrics, the access log and the tracer."""
         if self.ledger is not None:
@@ -165,24 +263,14 @@ class Gateway:
         if handler is None:
             if scope.method == "GET" and scope.path.startswith(admin.REQUESTS_PREFIX):
                 handler = self.admin_request
-            elif scope.path in self._paths:
-                self.respond_error(
-                    proto,
-                    request_id,
-                    ApiError(
-                        405,
-                        "invalid_request_error",
-                        "method_not_allowed",
-                        f"{scope.method} is not allowed on {scope.path}",
-                    ),
-                )
-                return
             else:
-                self.respond_error(
-                    proto,
-                    request_id,
-                    ApiError(404, "invalid_request_error", "unknown_url", f"unknown URL: {scope.method} {scope.path}"),
-                )
+                if scope.path in self._paths:
+                    message = f"{scope.method} is not allowed on {scope.path}"
+                    error = ApiError(405, "invalid_request_error", "method_not_allowed", message)
+                else:
+                    message = f"unknown URL: {scope.method} {scope.path}"
+                    error = ApiError(404, "invalid_request_error", "unknown_url", message)
+                self.respond_error(proto, request_id, error)
                 return
         try:
             await handler(scope, proto, request_id)
@@ -203,7 +291,7 @@ class Gateway:
         headers = [_JSON, ("x-request-id", request_id), *error.headers]
         proto.response_bytes(error.status, headers, error.openai_body(request_id))
 
-    def authenticate(self, scope: Any) -> Identity:
+    def authenticate(self, scope: Any, runtime: Runtime) -> Identity:
         headers = scope.headers
         key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
         if key is None:
@@ -215,7 +303,7 @@ class Gateway:
                     "no API key: send a tollway virtual key as `Authorization: Bearer <key>` or `x-api-key`",
                 )
             )
-        identity = self.keys.lookup(key)
+        identity = runtime.keys.lookup(key)
         if identity is None:
             raise Reject(
                 ApiError(
@@ -242,56 +330,67 @@ class Gateway:
         if not hmac.compare_digest(digest, self.admin_digest):
             raise Reject(ApiError(401, "authentication_error", "invalid_api_key", "invalid admin key"))
 
-    async def read_body(self, scope: Any, proto: Any) -> bytes:
+    @staticmethod
+    async def read_body(scope: Any, proto: Any, max_body: int) -> bytes:
         declared = scope.headers.get("content-length")
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
-                raise Reject(
-                    ApiError(400, "invalid_request_error", "invalid_request", "invalid Content-Length header")
-                ) from None
-            if size > self.max_body:
-                raise Reject(self._too_large())
+                raise Reject(invalid_request("invalid Content-Length header")) from None
+            if size > max_body:
+                raise Reject(_too_large(max_body))
             body: bytes = await proto()
             return body
         parts, size = [], 0
         async for part in proto:
             size += len(part)
-            if size > self.max_body:
-                raise Reject(self._too_large())
+            if size > max_body:
+                raise Reject(_too_large(max_body))
             parts.append(part)
         return b"".join(parts)
 
-    def _too_large(self) -> ApiError:
-        return ApiError(
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            f"request body is larger than the gateway's limit of {self.max_body} bytes (`server.max_body_bytes`)",
-        )
+    def _runtime(self) -> Runtime:
+        runtime = self.runtime
+        if runtime is None:
+            raise Reject(ApiError(503, "server_error", "not_ready", "the gateway is starting"))
+        return runtime
 
     # -- endpoints ----------------------------------------------------------------------------
     async def chat_completions(self, scope: Any, proto: Any, request_id: str) -> None:
-        await ModelRequest(self, scope, proto, request_id, "openai", "/v1/chat/completions").run()
+        runtime = self._runtime()
+        await ModelRequest(self, runtime, scope, proto, request_id, "openai", "/v1/chat/completions").run()
 
     async def messages(self, scope: Any, proto: Any, request_id: str) -> None:
-        await ModelRequest(self, scope, proto, request_id, "anthropic", "/v1/messages").run()
+        runtime = self._runtime()
+        await ModelRequest(self, runtime, scope, proto, request_id, "anthropic", "/v1/messages").run()
 
     async def healthz(self, scope: Any, proto: Any, request_id: str) -> None:
         proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], b'{"status":"ok"}')
 
     async def readyz(self, scope: Any, proto: Any, request_id: str) -> None:
-        if self.ready:
-            body = orjson.dumps({"status": "ready", "providers": len(self.adapters), "models": len(self.models)})
-            proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
-        else:
+        runtime = self.runtime
+        if not self.ready or runtime is None:
             proto.response_bytes(503, [_JSON, ("x-request-id", request_id)], b'{"status":"starting"}')
+            return
+        body = orjson.dumps(
+            {
+                "status": "ready",
+                "config": runtime.digest[:12],
+                "reloads": self.reloads,
+                "providers": len(runtime.adapters),
+                "models": len(runtime.models),
+                "policies": len(runtime.policies),
+                "state": self.backend.name,
+            }
+        )
+        proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
 
     async def list_models(self, scope: Any, proto: Any, request_id: str) -> None:
-        identity = self.authenticate(scope)
-        names = [*self.models, *(r.name for r in self.config.routes)]
-        owners = {m.name: m.provider for m in self.models.values()}
+        runtime = self._runtime()
+        identity = self.authenticate(scope, runtime)
+        names = [*runtime.models, *(r.name for r in runtime.config.routes)]
+        owners = {m.name: m.provider for m in runtime.models.values()}
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": owners.get(name, "tollway")}
             for name in names
@@ -318,11 +417,35 @@ class Gateway:
         body = await asyncio.to_thread(admin.request_record, self.ledger, wanted)
         proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
 
+    async def admin_reload(self, scope: Any, proto: Any, request_id: str) -> None:
+        """Validate the config file and switch to it; a broken file is refused with its problems
+        (400), and the previous configuration keeps serving."""
+        self.authenticate_admin(scope)
+        changed, problems = await self.reload_from_file("admin API")
+        if problems:
+            body = orjson.dumps({"status": "refused", "problems": problems})
+            proto.response_bytes(400, [_JSON, ("x-request-id", request_id)], body)
+            return
+        if changed and self.config.server.workers > 1:
+            # The other workers, through the main process, as for SIGHUP (this one sees the same
+            # text again: a no-op).
+            os.kill(os.getppid(), signal.SIGHUP)
+        runtime = self._runtime()
+        body = orjson.dumps({"status": "reloaded" if changed else "unchanged", "config": runtime.digest[:12]})
+        proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
+
+
+def _too_large(max_body: int) -> ApiError:
+    return ApiError(
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        f"request body is larger than the gateway's limit of {max_body} bytes (`server.max_body_bytes`)",
+    )
+
 
 def _ledger_config(config: LedgerConfig, base_dir: Path) -> LedgerConfig:
     """A relative ledger path is relative to the config file, as every path in the config is."""
-    import msgspec
-
     path = Path(config.path)
     if path.is_absolute():
         return config
@@ -344,6 +467,7 @@ def create_app() -> Gateway:
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise RuntimeError(f"${CONFIG_ENV} is not set; start the gateway with `tollway serve --config PATH`")
-    gateway = Gateway(load_config(path))
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    gateway = Gateway(load_config(path), digest)
     _configure_logging(gateway.config.server.log_level)
     return gateway

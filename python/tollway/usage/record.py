@@ -46,7 +46,9 @@ class PolicyVerdict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     policy: str
     kind: str  # `rate`, `tokens`, `concurrency`, `budget`, `access`, `params`
     # `allow`, `deny`, `would_deny` (shadow mode), `audit` (over a cap in audit mode),
-    # `clamp` (a parameter was lowered), `degraded_allow`, `degraded_deny` (state store down).
+    # `clamp` / `would_clamp` (a parameter was, or would be, lowered), `truncate` (a stream was
+    # ended at a budget's cap), `not_evaluated` (an earlier rule refused the request),
+    # `degraded_allow`, `degraded_deny` (the state store was unavailable).
     verdict: str
     mode: str = "enforce"  # `enforce` or `shadow`
     partition: str | None = None  # the partition key the numbers are for, e.g. `team=research`
@@ -76,6 +78,9 @@ class UsageRecord(msgspec.Struct, forbid_unknown_fields=True):
     client_ip: str | None = None
     # What was asked and what served it.
     requested_model: str | None = None
+    # Numeric request parameters policies look at (`max_tokens`, `n`, `temperature`, `top_p`),
+    # kept so `tollway policy replay` can re-evaluate the request.
+    params: dict[str, float] = {}
     provider: str | None = None
     upstream_model: str | None = None
     stream: bool = False

@@ -1,0 +1,812 @@
+"""Policies compiled once, evaluated per request: admission, the decision trail, settlement.
+
+Compilation (once per configuration): every policy's `match` becomes a selector of the native
+`PolicySet` (one index for all policies), every `allow` a selector of a second one, every limit
+rule a `LimitSpec` whose counters live in the state backend.
+
+Evaluation (per request, `PolicyEngine.evaluate`):
+
+1. One native call finds every matching policy, in configuration order.
+2. Access rules (`deny`, `allow`, `require_headers`) and parameter bounds (`params`) of every
+   matching policy are checked. They have no side effects; clamps are collected.
+3. Unless an enforcing access or parameter rule refused the request, the limit rules of every
+   matching policy become `Take`s, handed to the backend in one call (all admitted, or the
+   request is denied and nothing is kept). What a take reserves:
+   - request rates: 1; concurrency: one lease;
+   - token rates and token budgets: the prompt tokens (counted natively, only when some rule
+     needs them) and/or the output bound, as the rule's `count` says; the output bound is
+     `max_tokens` (or `max_completion_tokens`), capped by the model's maximum output in the
+     catalog, or `[limits] default_max_output_tokens` when the request sets none;
+   - dollar budgets: the worst-case cost of that (`tollway.usage.catalog.estimate_micro_usd`),
+     in micro-USD; for an unpriced model, per the budget's `unpriced` rule.
+4. Settlement (`Admission.settle`, when the request ends): each reservation is replaced by the
+   actual amount (tokens weighted as configured; cost in micro-USD, rounded up); a request that
+   made no model call releases everything (`Admission.release`).
+
+Worst-case overshoot under concurrency (admission is serialised per worker, or per Redis
+script, so every admitted request is counted before the next is decided):
+- request rates, concurrency: none;
+- token rates and budgets: only what requests use beyond their reservation, which cannot
+  happen for the output side (it is reserved at `max_tokens`, which the provider honours) and
+  comes from the prompt side only when the provider's count exceeds tollway's (images, tools:
+  approximate counts), charged as debt at settlement;
+- dollar budgets: the same, plus price rounding (under 1 micro-USD per request);
+- `on_exceed = "truncate"` budgets: one stream chunk past the cap (checked after each chunk).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tollway._native import Denial, Grant, PolicySet
+from tollway.config._toml_lines import format_path
+from tollway.errors import ConfigError, PolicyError
+from tollway.policy.config import (
+    PARTITION_ATTRIBUTES,
+    Bound,
+    BudgetSpec,
+    LimitsConfig,
+    PolicyConfig,
+    RateSpec,
+    Selector,
+    ShorthandError,
+    TokenRateSpec,
+    format_window,
+    parse_duration,
+    parse_rate,
+    parse_utc_offset,
+)
+from tollway.policy.state import Held, LimitSpec, MemoryBackend, Take
+from tollway.server.errors import ApiError
+from tollway.usage import Usage
+from tollway.usage.catalog import ModelInfo, estimate_micro_usd
+from tollway.usage.record import PolicyVerdict
+
+_GLOB = set("*?[")
+_COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")
+_NUMERIC_PARAMS = ("max_tokens", "n", "temperature", "top_p")
+
+
+# -- the request, as policies see it ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """Everything a policy may look at, gathered once per request."""
+
+    key: str | None = None
+    team: str | None = None
+    user: str | None = None
+    tags: Sequence[str] = ()
+    model: str | None = None
+    resolved_model: str | None = None
+    provider: str | None = None
+    endpoint: str | None = None
+    ip: str | None = None
+    params: Mapping[str, float] = field(default_factory=dict)
+    stream: bool = False
+    has_tools: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Prompt tokens, counted on first use (only when some matched rule needs them).
+    count_prompt: Callable[[], int] | None = None
+    # What the catalog knows of the served model (prices, maximum output).
+    model_info: ModelInfo | None = None
+    _prompt: int | None = None
+
+    def prompt_tokens(self) -> int:
+        if self._prompt is None:
+            self._prompt = self.count_prompt() if self.count_prompt is not None else 0
+        return self._prompt
+
+    def attribute(self, name: str) -> str | None:
+        value = getattr(self, name)
+        return value if isinstance(value, str) else None
+
+
+# -- compiled rules -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Amounts:
+    """How a token or budget rule counts a request: which sides, with which weights."""
+
+    count: str = "total"
+    cached_weight: float = 1.0
+    reasoning_weight: float = 1.0
+
+    def estimate(self, prompt: int, output: int) -> int:
+        # Worst case: every prompt token at its highest weight, every output token likewise.
+        p = prompt * max(1.0, self.cached_weight) if self.count != "output" else 0
+        o = output * max(1.0, self.reasoning_weight) if self.count != "input" else 0
+        return math.ceil(p + o)
+
+    def actual(self, usage: Usage) -> int:
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        reasoning = min(usage.reasoning_tokens, usage.completion_tokens)
+        p = (usage.prompt_tokens - cached) + cached * self.cached_weight
+        o = (usage.completion_tokens - reasoning) + reasoning * self.reasoning_weight
+        if self.count == "input":
+            return math.ceil(p)
+        if self.count == "output":
+            return math.ceil(o)
+        return math.ceil(p + o)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    spec: LimitSpec
+    window: str  # for people: `1m`, `month`, `rolling 24h`
+    amounts: Amounts | None = None  # token rates and budgets
+    budget: BudgetSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    config: PolicyConfig
+    index: int
+    per: tuple[str, ...]
+    allow_index: int | None
+    limits: tuple[LimitRule, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def enforce(self) -> bool:
+        return self.config.mode == "enforce"
+
+    def partition(self, facts: RequestFacts) -> str:
+        if not self.per:
+            return "*"
+        return ",".join(f"{a}={facts.attribute(a) or '-'}" for a in self.per)
+
+
+# -- compiling ------------------------------------------------------------------------------
+
+Condition = tuple[str, str, Any, bool]
+
+
+def selector_conditions(selector: Selector, negate: bool = False) -> list[Condition]:
+    """A selector as the native matcher's conditions (see `policy/config.py` for the syntax)."""
+    out: list[Condition] = []
+    for attribute in ("key", "team", "user", "model", "resolved_model", "provider", "endpoint", "tag"):
+        value = getattr(selector, attribute)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            if any(_GLOB & set(v) for v in value):
+                raise PolicyError(f"`{attribute}`: a list takes exact names only; for patterns use one glob per policy")
+            out.append((attribute, "one_of", value, negate))
+        elif _GLOB & set(value):
+            out.append((attribute, "glob", value, negate))
+        else:
+            out.append((attribute, "exact", value, negate))
+    if selector.ip is not None:
+        out.append(("ip", "cidr", selector.ip, negate))
+    for name, text in selector.params.items():
+        text = text.strip()
+        op = next((c for c in _COMPARISONS if text.startswith(c)), None)
+        if op is None:
+            raise PolicyError(f"`params.{name}`: expected a comparison such as `> 4096`, got `{text}`")
+        try:
+            number = float(text[len(op) :])
+        except ValueError:
+            raise PolicyError(f"`params.{name}`: expected a number after `{op}`, got `{text}`") from None
+        out.append((f"param:{name}", op, number, negate))
+    if selector.not_ is not None:
+        if negate:
+            raise PolicyError("`not` cannot be nested inside `not`")
+        out.extend(selector_conditions(selector.not_, negate=True))
+    return out
+
+
+def _rate(value: str | RateSpec | TokenRateSpec) -> tuple[int, float, int]:
+    if isinstance(value, str):
+        limit, period = parse_rate(value)
+        return limit, period, limit
+    period = parse_duration(value.per)
+    if value.limit < 1:
+        raise ShorthandError(f"`limit` must be at least 1, got {value.limit}")
+    burst = value.burst if value.burst is not None else value.limit
+    if burst < 1:
+        raise ShorthandError(f"`burst` must be at least 1, got {burst}")
+    return value.limit, period, burst
+
+
+def _limits(policy: PolicyConfig, per: tuple[str, ...]) -> list[LimitRule]:
+    rules: list[LimitRule] = []
+    if policy.requests is not None:
+        limit, period, burst = _rate(policy.requests)
+        spec = LimitSpec(policy.name, "rate", limit, period, burst, unit="requests", per=per)
+        rules.append(LimitRule(spec, format_window(period)))
+    if policy.tokens is not None:
+        limit, period, burst = _rate(policy.tokens)
+        t = policy.tokens
+        amounts = Amounts(t.count, t.cached_weight, t.reasoning_weight) if isinstance(t, TokenRateSpec) else Amounts()
+        spec = LimitSpec(policy.name, "tokens", limit, period, burst, unit="tokens", per=per)
+        rules.append(LimitRule(spec, format_window(period), amounts))
+    if policy.concurrency is not None:
+        if policy.concurrency < 1:
+            raise ShorthandError(f"`concurrency` must be at least 1, got {policy.concurrency}")
+        spec = LimitSpec(policy.name, "concurrency", policy.concurrency, unit="in-flight", per=per)
+        rules.append(LimitRule(spec, "in flight"))
+    if policy.budget is not None:
+        b = policy.budget
+        if (b.usd is None) == (b.tokens is None):
+            raise ShorthandError("a budget takes exactly one of `usd` or `tokens`")
+        if b.usd is not None:
+            if b.usd <= 0:
+                raise ShorthandError(f"`usd` must be positive, got {b.usd}")
+            limit, unit = math.floor(b.usd * 1_000_000), "usd"
+        else:
+            assert b.tokens is not None
+            if b.tokens < 1:
+                raise ShorthandError(f"`tokens` must be at least 1, got {b.tokens}")
+            limit, unit = b.tokens, "tokens"
+        if len(b.estimate_price) != 2 or any(p < 0 for p in b.estimate_price):
+            raise ShorthandError("`estimate_price` is `[input, output]` in USD per million tokens")
+        offset = parse_utc_offset(b.utc_offset)
+        amounts = Amounts(b.count, b.cached_weight, b.reasoning_weight)
+        if b.per in ("day", "week", "month"):
+            spec = LimitSpec(policy.name, "budget", limit, calendar=b.per, utc_offset_s=offset, unit=unit, per=per)
+            window = b.per if offset == 0 else f"{b.per} (UTC{b.utc_offset})"
+        else:
+            period = parse_duration(b.per)
+            spec = LimitSpec(policy.name, "budget", limit, period_s=period, unit=unit, per=per)
+            window = f"rolling {format_window(period)}"
+        rules.append(LimitRule(spec, window, amounts, b))
+    return rules
+
+
+@dataclass(frozen=True)
+class CompiledPolicies:
+    policies: tuple[CompiledPolicy, ...]
+    matcher: PolicySet
+    allow_matcher: PolicySet | None
+
+
+def policy_problems(configs: Sequence[PolicyConfig | None]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every problem of `[[policies]]`, as (path, message) in the config loader's path form."""
+    return _compile(configs)[1]
+
+
+def compile_policies(configs: Sequence[PolicyConfig]) -> CompiledPolicies:
+    """Compile every policy; raise `ConfigError` listing every problem."""
+    compiled, problems = _compile(configs)
+    if problems or compiled is None:
+        raise ConfigError([f"{format_path(path)}: {message}" for path, message in problems])
+    return compiled
+
+
+def _compile(
+    configs: Sequence[PolicyConfig | None],
+) -> tuple[CompiledPolicies | None, list[tuple[tuple[str | int, ...], str]]]:
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    selectors: list[list[Condition]] = []
+    allow_selectors: list[list[Condition]] = []
+    compiled: list[CompiledPolicy] = []
+    names: dict[str, int] = {}
+    for i, policy in enumerate(configs):
+        if policy is None:
+            continue
+        at: tuple[str | int, ...] = ("policies", i)
+        if policy.name in names:
+            problems.append(
+                ((*at, "name"), f"duplicate policy name `{policy.name}` (first at policies[{names[policy.name]}])")
+            )
+        names.setdefault(policy.name, i)
+        per = (policy.per,) if isinstance(policy.per, str) else tuple(policy.per)
+        for attribute in per:
+            if attribute not in PARTITION_ATTRIBUTES:
+                known = ", ".join(f"`{a}`" for a in PARTITION_ATTRIBUTES)
+                problems.append(((*at, "per"), f"unknown attribute `{attribute}`; expected any of {known}"))
+        try:
+            conditions = selector_conditions(policy.match)
+        except PolicyError as exc:
+            problems.append(((*at, "match"), str(exc)))
+            conditions = []
+        allow_index = None
+        if policy.allow is not None:
+            try:
+                allow_selectors.append(selector_conditions(policy.allow))
+                allow_index = len(allow_selectors) - 1
+            except PolicyError as exc:
+                problems.append(((*at, "allow"), str(exc)))
+        try:
+            limits = _limits(policy, per)
+        except ShorthandError as exc:
+            problems.append((at, str(exc)))
+            limits = []
+        params = policy.params
+        if params is not None and isinstance(params.prompt_tokens, Bound) and params.prompt_tokens.action == "clamp":
+            problems.append(((*at, "params", "prompt_tokens"), 'a prompt cannot be clamped; use `action = "reject"`'))
+        has_access = bool(policy.deny) or policy.allow is not None or bool(policy.require_headers)
+        has_limits = any(r is not None for r in (policy.requests, policy.tokens, policy.concurrency, policy.budget))
+        if not (has_limits or has_access or params is not None):
+            problems.append(
+                (at, f"policy `{policy.name}` has no rule: give it a limit, a budget, an access rule or `params`")
+            )
+        selectors.append(conditions)
+        compiled.append(CompiledPolicy(policy, i, per, allow_index, tuple(limits)))
+    try:
+        matcher = PolicySet(selectors)
+        allow_matcher = PolicySet(allow_selectors) if allow_selectors else None
+    except PolicyError as exc:
+        problems.append((("policies",), str(exc)))
+        return None, problems
+    return CompiledPolicies(tuple(compiled), matcher, allow_matcher), problems
+
+
+# -- admission ------------------------------------------------------------------------------
+
+_KIND_CODES = {
+    "rate": ("rate_limit_exceeded", "slow down, or ask for a higher request rate"),
+    "tokens": ("token_rate_limit_exceeded", "send fewer or smaller requests, or lower `max_tokens`"),
+    "concurrency": ("concurrency_limit_exceeded", "wait for your requests in flight to finish"),
+    "budget": ("budget_exceeded", "wait for the budget to reset, or ask for a larger budget"),
+}
+
+
+def _reset_text(seconds: float) -> str:
+    """OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    total = round(seconds, 3)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    secs_text = f"{secs:g}s"
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{secs_text}"
+    if minutes:
+        return f"{int(minutes)}m{secs_text}"
+    return secs_text
+
+
+def _human(amount: float, unit: str) -> str:
+    if unit == "usd":
+        return f"${amount / 1_000_000:,.6f}".rstrip("0").rstrip(".")
+    return f"{int(amount):,} {unit}"
+
+
+class Admission:
+    """One request's admission: verdicts, headers, the error if denied, and what it holds."""
+
+    __slots__ = (
+        "_backend",
+        "_held",
+        "_now",
+        "clamps",
+        "denied",
+        "headers",
+        "output_cap",
+        "verdicts",
+    )
+
+    def __init__(self, backend: MemoryBackend | None = None) -> None:
+        self.verdicts: list[PolicyVerdict] = []
+        self.headers: list[tuple[str, str]] = []
+        self.denied: ApiError | None = None
+        # Parameters to lower before the request goes upstream (`params` clamps, truncating budgets).
+        self.clamps: dict[str, int | float] = {}
+        # Output tokens a stream may produce before a truncating budget ends it.
+        self.output_cap: tuple[int, str] | None = None
+        self._backend = backend
+        self._held: list[tuple[Held, LimitRule, str]] = []  # (held, rule, how it settles)
+        self._now = 0.0
+
+    def hold(self, held: Held, rule: LimitRule, settles: str) -> None:
+        self._held.append((held, rule, settles))
+
+    def settle(self, usage: Usage, cost_micro_usd: int | None) -> None:
+        """The request ended with this usage (`cost_micro_usd`: `None` when unpriced)."""
+        if self._backend is None or not self._held:
+            return
+        items: list[tuple[Held, int | None]] = []
+        for held, rule, settles in self._held:
+            if settles == "once":  # request rates: settled at admission
+                continue
+            if rule.spec.kind == "concurrency":
+                items.append((held, None))
+            elif rule.spec.unit == "usd":
+                if cost_micro_usd is None:
+                    cost_micro_usd = _estimated_cost(rule, usage)
+                items.append((held, cost_micro_usd))
+            else:
+                assert rule.amounts is not None
+                items.append((held, rule.amounts.actual(usage)))
+        self._held.clear()
+        self._backend.settle(items)
+
+    def release(self) -> None:
+        """The request ended without a model call: give back everything it reserved."""
+        if self._backend is None or not self._held:
+            return
+        items: list[tuple[Held, int | None]] = [(h, None) for h, _, settles in self._held if settles != "once"]
+        self._held.clear()
+        self._backend.settle(items)
+
+
+def _estimated_cost(rule: LimitRule, usage: Usage) -> int:
+    """Micro-USD of an unpriced model's usage: 0 for `unpriced = "allow"`, else `estimate_price`."""
+    budget = rule.budget
+    if budget is None or budget.unpriced == "allow":
+        return 0
+    input_price, output_price = budget.estimate_price
+    return math.ceil(usage.prompt_tokens * input_price + usage.completion_tokens * output_price)
+
+
+class PolicyEngine:
+    """Compiled policies over a state backend. Build once per configuration; evaluate per request."""
+
+    def __init__(
+        self,
+        configs: Sequence[PolicyConfig] = (),
+        limits: LimitsConfig | None = None,
+        backend: MemoryBackend | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.compiled = compile_policies(configs)
+        self.limits = limits or LimitsConfig()
+        self.backend = backend if backend is not None else MemoryBackend(clock=clock)
+        self.backend.prepare([rule.spec for p in self.compiled.policies for rule in p.limits])
+        self.clock = clock
+        self._params = self.compiled.matcher.params
+        self._allow_params = self.compiled.allow_matcher.params if self.compiled.allow_matcher else []
+
+    def __len__(self) -> int:
+        return len(self.compiled.policies)
+
+    def _matches(self, matcher: PolicySet, params: list[str], facts: RequestFacts) -> list[int]:
+        return matcher.matches(
+            key=facts.key,
+            team=facts.team,
+            user=facts.user,
+            model=facts.model,
+            resolved_model=facts.resolved_model,
+            provider=facts.provider,
+            endpoint=facts.endpoint,
+            ip=facts.ip,
+            tags=list(facts.tags),
+            params=[facts.params.get(p) for p in params],
+        )
+
+    def evaluate(self, facts: RequestFacts) -> Admission:
+        if not self.compiled.policies:
+            return Admission()
+        matched = self._matches(self.compiled.matcher, self._params, facts)
+        if not matched:
+            return Admission()
+        admission = Admission(self.backend)
+        policies = [self.compiled.policies[i] for i in matched]
+        allowed: set[int] = set()
+        if self.compiled.allow_matcher is not None and any(p.allow_index is not None for p in policies):
+            allowed = set(self._matches(self.compiled.allow_matcher, self._allow_params, facts))
+        first_denial: tuple[PolicyVerdict, ApiError] | None = None
+        for policy in policies:
+            for verdict, error in self._access_and_params(policy, facts, allowed, admission):
+                admission.verdicts.append(verdict)
+                if error is not None and policy.enforce and first_denial is None:
+                    first_denial = (verdict, error)
+        if first_denial is not None:
+            for policy in policies:
+                for rule in policy.limits:
+                    admission.verdicts.append(
+                        PolicyVerdict(
+                            policy=policy.name,
+                            kind=rule.spec.kind,
+                            verdict="not_evaluated",
+                            mode=policy.config.mode,
+                            detail="the request was refused by an access or parameter rule first",
+                        )
+                    )
+            admission.denied = first_denial[1]
+            return admission
+        self._limits(policies, facts, admission)
+        return admission
+
+    # -- access and parameter rules ----------------------------------------------------------
+    def _access_and_params(
+        self, policy: CompiledPolicy, facts: RequestFacts, allowed: set[int], admission: Admission
+    ) -> list[tuple[PolicyVerdict, ApiError | None]]:
+        config = policy.config
+        out: list[tuple[PolicyVerdict, ApiError | None]] = []
+        mode = config.mode
+
+        def refuse(kind: str, detail: str, status: int, code: str, remedy: str) -> None:
+            verdict = PolicyVerdict(
+                policy=policy.name,
+                kind=kind,
+                verdict="deny" if policy.enforce else "would_deny",
+                mode=mode,
+                detail=detail,
+            )
+            message = f"refused by policy `{policy.name}`: {detail}. {remedy}"
+            error_type = "permission_error" if status == 403 else "invalid_request_error"
+            out.append((verdict, ApiError(status, error_type, code, message)))
+
+        if config.deny is not None and config.deny is not False:
+            reason = config.deny if isinstance(config.deny, str) else "this request is not allowed"
+            refuse("access", reason, 403, "access_denied", "Ask the gateway's administrators for access.")
+        if policy.allow_index is not None and policy.allow_index not in allowed:
+            refuse(
+                "access",
+                "the request is outside what this policy allows",
+                403,
+                "access_denied",
+                "Use a model, provider or endpoint this key is allowed, or ask for access.",
+            )
+        for header in config.require_headers:
+            if header.lower() not in facts.headers:
+                refuse(
+                    "access",
+                    f"header `{header}` is required",
+                    403,
+                    "required_header_missing",
+                    f"Send the `{header}` header.",
+                )
+        params = config.params
+        if params is not None:
+            if params.stream is False and facts.stream:
+                refuse("params", "streaming is not allowed", 400, "parameter_not_allowed", "Set `stream` to false.")
+            if params.tools is False and facts.has_tools:
+                refuse("params", "tools are not allowed", 400, "parameter_not_allowed", "Remove `tools`.")
+            for name in ("max_tokens", "n", "temperature", "top_p", "prompt_tokens"):
+                bound = getattr(params, name)
+                if bound is None:
+                    continue
+                if not isinstance(bound, Bound):
+                    bound = Bound(max=float(bound))
+                value = facts.prompt_tokens() if name == "prompt_tokens" else facts.params.get(name)
+                if value is None:
+                    continue
+                too_high = bound.max is not None and value > bound.max
+                too_low = bound.min is not None and value < bound.min
+                if not (too_high or too_low):
+                    continue
+                limit = bound.max if too_high else bound.min
+                assert limit is not None
+                if bound.action == "clamp" and name != "prompt_tokens":
+                    clamped: int | float = int(limit) if name in ("max_tokens", "n") else limit
+                    if policy.enforce:
+                        admission.clamps[name] = clamped
+                    out.append(
+                        (
+                            PolicyVerdict(
+                                policy=policy.name,
+                                kind="params",
+                                verdict="clamp" if policy.enforce else "would_clamp",
+                                mode=mode,
+                                detail=f"`{name}` {value:g} lowered to {clamped:g}",
+                            ),
+                            None,
+                        )
+                    )
+                    continue
+                side = "at most" if too_high else "at least"
+                refuse(
+                    "params",
+                    f"`{name}` is {value:g}; this policy allows {side} {limit:g}",
+                    400,
+                    "parameter_out_of_bounds",
+                    f"Set `{name}` to {side} {limit:g}.",
+                )
+        if not out and (
+            config.deny is not None
+            or policy.allow_index is not None
+            or config.require_headers
+            or config.params is not None
+        ):
+            kind = "access" if (config.deny or policy.allow_index is not None or config.require_headers) else "params"
+            out.append((PolicyVerdict(policy=policy.name, kind=kind, verdict="allow", mode=mode), None))
+        return out
+
+    # -- limits ------------------------------------------------------------------------------
+    def _output_bound(self, facts: RequestFacts) -> int:
+        requested = facts.params.get("max_tokens")
+        info = facts.model_info
+        model_max = info.max_output_tokens if info is not None else None
+        if requested is None:
+            bound = self.limits.default_max_output_tokens
+            return min(bound, model_max) if model_max else bound
+        return int(min(requested, model_max)) if model_max else int(requested)
+
+    def _limits(self, policies: Sequence[CompiledPolicy], facts: RequestFacts, admission: Admission) -> None:
+        takes: list[Take] = []
+        rules: list[tuple[CompiledPolicy, LimitRule, Take | None, str]] = []  # (.., take, note)
+        output_bound: int | None = None
+        for policy in policies:
+            partition = policy.partition(facts)
+            for rule in policy.limits:
+                spec = rule.spec
+                if spec.kind in ("rate", "concurrency"):
+                    one = Take(spec, partition, 1, policy.enforce)
+                    takes.append(one)
+                    rules.append((policy, rule, one, ""))
+                    continue
+                if output_bound is None:
+                    output_bound = self._output_bound(facts)
+                assert rule.amounts is not None
+                budget = rule.budget
+                if spec.unit == "usd":
+                    amount = estimate_micro_usd(facts.model_info, facts.prompt_tokens(), output_bound)
+                    if amount is None:
+                        assert budget is not None
+                        if budget.unpriced == "allow":
+                            rules.append((policy, rule, None, 'unpriced model: not counted (`unpriced = "allow"`)'))
+                            continue
+                        if budget.unpriced == "block":
+                            rules.append((policy, rule, None, "unpriced"))
+                            continue
+                        input_price, output_price = budget.estimate_price
+                        amount = math.ceil(facts.prompt_tokens() * input_price + output_bound * output_price)
+                else:
+                    needs_prompt = rule.amounts.count != "output"
+                    amount = rule.amounts.estimate(facts.prompt_tokens() if needs_prompt else 0, output_bound)
+                if budget is not None and budget.on_exceed == "audit":
+                    rules.append((policy, rule, None, "audit"))
+                    continue
+                if budget is not None and budget.on_exceed == "truncate":
+                    left = spec.limit - self.backend.used(spec, partition)
+                    if 0 < left < amount:
+                        amount = left
+                reserve = Take(spec, partition, amount, policy.enforce)
+                takes.append(reserve)
+                rules.append((policy, rule, reserve, ""))
+        admitted = self.backend.admit(takes) if takes else True
+        now = self.clock()
+        tightest: dict[str, tuple[int, Grant, LimitRule]] = {}
+        denial: tuple[PolicyVerdict, ApiError] | None = None
+        unpriced_denial: tuple[PolicyVerdict, ApiError] | None = None
+        for policy, rule, take, note in rules:
+            spec = rule.spec
+            mode = policy.config.mode
+            partition = policy.partition(facts)
+
+            def make(verdict: str, **extra: Any) -> PolicyVerdict:
+                return PolicyVerdict(
+                    policy=policy.name,  # noqa: B023 (called within this iteration)
+                    kind=spec.kind,  # noqa: B023
+                    verdict=verdict,
+                    mode=mode,  # noqa: B023
+                    partition=partition,  # noqa: B023
+                    limit=_unit(spec.limit, spec),  # noqa: B023
+                    window=rule.window,  # noqa: B023
+                    unit=spec.unit,  # noqa: B023
+                    **extra,
+                )
+
+            if take is None:
+                if note == "unpriced":
+                    verdict = make(
+                        "deny" if policy.enforce else "would_deny",
+                        detail="the model has no price, and this budget blocks unpriced models",
+                    )
+                    admission.verdicts.append(verdict)
+                    if policy.enforce and unpriced_denial is None:
+                        message = (
+                            f"refused by policy `{policy.name}`: model `{facts.resolved_model}` has no price, "
+                            "and this dollar budget blocks unpriced models. Add a price in [[catalog]]."
+                        )
+                        unpriced_denial = (verdict, ApiError(403, "permission_error", "model_unpriced", message))
+                elif note == "audit":
+                    used = self.backend.used(spec, policy.partition(facts))
+                    over = used >= spec.limit
+                    admission.verdicts.append(
+                        make(
+                            "audit" if over else "allow",
+                            used=_unit(used, spec),
+                            detail="audit mode: recorded, never blocking",
+                        )
+                    )
+                    admission.hold(Held(spec, policy.partition(facts), None), rule, "debit")
+                else:
+                    admission.verdicts.append(make("allow", detail=note))
+                continue
+            answer = take.answer
+            if isinstance(answer, Grant):
+                verdict_name = "allow"
+                if rule.budget is not None and rule.budget.on_exceed == "truncate":
+                    cap = self._output_cap(rule, take.amount, facts)
+                    if cap is not None and (admission.output_cap is None or cap < admission.output_cap[0]):
+                        admission.output_cap = (cap, policy.name)
+                        if not facts.stream:
+                            current = admission.clamps.get("max_tokens")
+                            admission.clamps["max_tokens"] = min(cap, int(current)) if current else cap
+                admission.verdicts.append(
+                    make(
+                        verdict_name,
+                        requested=_unit(take.amount, spec),
+                        remaining=_unit(answer.remaining, spec),
+                        resets_at=now + answer.reset_after,
+                    )
+                )
+                if admitted:
+                    admission.hold(Held(spec, take.partition, answer.id), rule, "once" if spec.kind == "rate" else "")
+                    if policy.enforce and spec.kind in ("rate", "tokens"):
+                        header_kind = "requests" if spec.kind == "rate" else "tokens"
+                        best = tightest.get(header_kind)
+                        if best is None or answer.remaining < best[0]:
+                            tightest[header_kind] = (answer.remaining, answer, rule)
+            elif isinstance(answer, Denial):
+                verdict = make(
+                    "deny" if policy.enforce else "would_deny",
+                    used=_unit(answer.used, spec),
+                    requested=_unit(answer.requested, spec),
+                    retry_after_s=answer.retry_after,
+                    resets_at=now + answer.retry_after if answer.retry_after is not None else None,
+                )
+                admission.verdicts.append(verdict)
+                if policy.enforce and denial is None:
+                    denial = (verdict, self._limit_error(policy, rule, answer, take))
+            else:
+                admission.verdicts.append(make("not_evaluated", detail="an earlier policy denied the request"))
+        if admitted:
+            # Request rates are settled at once (a request is a request, whatever it uses).
+            self.backend.settle(
+                [
+                    (Held(t.spec, t.partition, t.answer.id), 1)
+                    for t in takes
+                    if t.spec.kind == "rate" and isinstance(t.answer, Grant) and t.answer.id is not None
+                ]
+            )
+        if unpriced_denial is not None and denial is None:
+            denial = unpriced_denial
+            if admitted:
+                admission.release()
+        if denial is not None:
+            admission.denied = denial[1]
+            return
+        for header_kind, (_, grant, rule) in sorted(tightest.items()):
+            admission.headers.extend(
+                [
+                    (f"x-ratelimit-limit-{header_kind}", str(rule.spec.limit)),
+                    (f"x-ratelimit-remaining-{header_kind}", str(grant.remaining)),
+                    (f"x-ratelimit-reset-{header_kind}", _reset_text(grant.reset_after)),
+                ]
+            )
+        shadow = sorted({v.policy for v in admission.verdicts if v.verdict in ("would_deny", "would_clamp")})
+        if shadow:
+            admission.headers.append(("x-tollway-shadow-deny", ", ".join(shadow)))
+
+    def _output_cap(self, rule: LimitRule, reserved: int, facts: RequestFacts) -> int | None:
+        """Output tokens a truncating budget's reservation affords after the prompt."""
+        if rule.spec.unit == "tokens":
+            assert rule.amounts is not None
+            prompt = facts.prompt_tokens() if rule.amounts.count != "output" else 0
+            return max(0, reserved - prompt)
+        info = facts.model_info
+        if info is None or info.output is None or info.input is None:
+            return None
+        prompt_cost = facts.prompt_tokens() * info.input
+        return max(0, math.floor((reserved - prompt_cost) / info.output)) if info.output > 0 else None
+
+    def _limit_error(self, policy: CompiledPolicy, rule: LimitRule, answer: Denial, take: Take) -> ApiError:
+        spec = rule.spec
+        code, remedy = _KIND_CODES[spec.kind]
+        used = _human(answer.used, spec.unit)
+        limit = _human(spec.limit, spec.unit)
+        requested = _human(answer.requested, spec.unit)
+        window = "" if spec.kind == "concurrency" else f" per {rule.window}"
+        when = (
+            f"; retry in {answer.retry_after:.3g} s"
+            if answer.retry_after is not None
+            else "; this request alone is over the limit, so waiting will not help"
+        )
+        scope = f" for {take.partition}" if take.partition != "*" else ""
+        message = (
+            f"{'budget' if spec.kind == 'budget' else 'limit'} reached: policy `{policy.name}` allows {limit}{window}"
+            f"{scope}; {used} in use, this request needs {requested}{when}. Remedy: {remedy}."
+        )
+        headers: list[tuple[str, str]] = []
+        if answer.retry_after is not None:
+            headers.append(("retry-after", str(max(1, math.ceil(answer.retry_after)))))
+        return ApiError(429, "rate_limit_error", code, message, headers=tuple(headers))
+
+
+def _unit(amount: int, spec: LimitSpec) -> float:
+    return amount / 1_000_000 if spec.unit == "usd" else float(amount)
