@@ -148,11 +148,11 @@ class MockAdapter(ProviderAdapter):
         for piece in _split(words, options.stream_chunks) if words else []:
             if delay > 0:
                 await asyncio.sleep(delay)
+            if call.meter is not None and call.api == "openai":
+                call.meter.push_text(piece * n)  # before the send: a live count sees this write
             await sink.send(
                 event([{"index": i, "delta": {"content": piece}, "finish_reason": None} for i in range(n)], **extra)
             )
-            if call.meter is not None and call.api == "openai":
-                call.meter.push_text(piece * n)
         tail = event([{"index": i, "delta": {}, "finish_reason": finish} for i in range(n)], **extra)
         if include_usage:
             tail += event(
