@@ -12,6 +12,9 @@ gateway share the machine, so absolute numbers move with load; compare within on
 Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `default`: as shipped: usage ledger (SQLite), metrics and the JSON access log on.
 - `bare`: ledger, metrics and access log off: what the accounting costs is the difference.
+- `policies`: 100 policies, 5 of which match each request (request rate, token rate,
+  concurrency, a token budget, parameter bounds): what admission and settlement cost.
+- `no-ledger`, `no-metrics`, `no-access-log`: one part of the accounting off at a time.
 """
 
 from __future__ import annotations
@@ -88,6 +91,26 @@ VARIANTS = {
     "no-metrics": "[metrics]\nenabled = false\n",
     "no-access-log": "[logging]\naccess_log = false\n",
 }
+
+
+def _hundred_policies() -> str:
+    """100 policies, 5 of which match the benchmark's requests (a typical request's share)."""
+    out = [
+        f'[[policies]]\nname = "other-{i}"\nmatch = {{ key = "other-{i}" }}\nper = "key"\nrequests = "100/min"\n'
+        for i in range(95)
+    ]
+    out.append('[[policies]]\nname = "rpm"\nmatch = { key = "bench" }\nper = "key"\nrequests = "1000000/s"\n')
+    out.append('[[policies]]\nname = "tpm"\nmatch = { key = "bench" }\nper = "key"\ntokens = "1000M/min"\n')
+    out.append('[[policies]]\nname = "inflight"\nmatch = { model = "bench" }\nper = "key"\nconcurrency = 100000\n')
+    out.append(
+        '[[policies]]\nname = "daily"\nmatch = { key = "bench" }\nper = "key"\n'
+        'budget = { tokens = 1_000_000_000_000, per = "day" }\n'
+    )
+    out.append('[[policies]]\nname = "bounds"\nmatch = { key = "bench" }\nparams = { max_tokens = 100000, n = 1 }\n')
+    return "".join(out)
+
+
+VARIANTS["policies"] = _hundred_policies()
 
 
 def start_gateway(up_port: int, extra: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -143,6 +143,14 @@ class LimitRule:
     amounts: Amounts | None = None  # token rates and budgets
     budget: BudgetSpec | None = None
 
+    def display(self, amount: int) -> float:
+        """An amount in the unit people read: USD for dollar budgets (kept in micro-USD)."""
+        return amount / 1_000_000 if self.spec.unit == "usd" else float(amount)
+
+    @property
+    def limit_display(self) -> float:
+        return self.display(self.spec.limit)
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
@@ -151,19 +159,21 @@ class CompiledPolicy:
     per: tuple[str, ...]
     allow_index: int | None
     limits: tuple[LimitRule, ...]
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def enforce(self) -> bool:
-        return self.config.mode == "enforce"
+    # Plain attributes rather than properties: read several times per request.
+    name: str = ""
+    enforce: bool = True
+    mode: str = "enforce"
+    # Whether it has access rules or parameter bounds to check (most policies only limit).
+    checks: bool = False
 
     def partition(self, facts: RequestFacts) -> str:
-        if not self.per:
+        per = self.per
+        if not per:
             return "*"
-        return ",".join(f"{a}={facts.attribute(a) or '-'}" for a in self.per)
+        if len(per) == 1:
+            name = per[0]
+            return f"{name}={getattr(facts, name) or '-'}"
+        return ",".join(f"{a}={getattr(facts, a) or '-'}" for a in per)
 
 
 # -- compiling ------------------------------------------------------------------------------
@@ -332,7 +342,19 @@ def _compile(
                 (at, f"policy `{policy.name}` has no rule: give it a limit, a budget, an access rule or `params`")
             )
         selectors.append(conditions)
-        compiled.append(CompiledPolicy(policy, i, per, allow_index, tuple(limits)))
+        compiled.append(
+            CompiledPolicy(
+                policy,
+                i,
+                per,
+                allow_index,
+                tuple(limits),
+                name=policy.name,
+                enforce=policy.mode == "enforce",
+                mode=policy.mode,
+                checks=has_access or params is not None,
+            )
+        )
     try:
         matcher = PolicySet(selectors)
         allow_matcher = PolicySet(allow_selectors) if allow_selectors else None
@@ -488,6 +510,8 @@ class PolicyEngine:
             allowed = set(self._matches(self.compiled.allow_matcher, self._allow_params, facts))
         first_denial: tuple[PolicyVerdict, ApiError] | None = None
         for policy in policies:
+            if not policy.checks:
+                continue
             for verdict, error in self._access_and_params(policy, facts, allowed, admission):
                 admission.verdicts.append(verdict)
                 if error is not None and policy.enforce and first_denial is None:
@@ -616,77 +640,70 @@ class PolicyEngine:
         return int(min(requested, model_max)) if model_max else int(requested)
 
     def _limits(self, policies: Sequence[CompiledPolicy], facts: RequestFacts, admission: Admission) -> None:
+        # The per-request hot path when policies match: keep it to plain loops and lookups.
         takes: list[Take] = []
-        rules: list[tuple[CompiledPolicy, LimitRule, Take | None, str]] = []  # (.., take, note)
+        rules: list[tuple[CompiledPolicy, str, LimitRule, Take | None, str]] = []  # (.., partition, .., take, note)
         output_bound: int | None = None
+        backend = self.backend
         for policy in policies:
             partition = policy.partition(facts)
+            enforce = policy.enforce
             for rule in policy.limits:
                 spec = rule.spec
-                if spec.kind in ("rate", "concurrency"):
-                    one = Take(spec, partition, 1, policy.enforce)
+                if rule.amounts is None:  # request rates, concurrency: one each
+                    one = Take(spec, partition, 1, enforce)
                     takes.append(one)
-                    rules.append((policy, rule, one, ""))
+                    rules.append((policy, partition, rule, one, ""))
                     continue
                 if output_bound is None:
                     output_bound = self._output_bound(facts)
-                assert rule.amounts is not None
                 budget = rule.budget
                 if spec.unit == "usd":
                     amount = estimate_micro_usd(facts.model_info, facts.prompt_tokens(), output_bound)
                     if amount is None:
                         assert budget is not None
                         if budget.unpriced == "allow":
-                            rules.append((policy, rule, None, 'unpriced model: not counted (`unpriced = "allow"`)'))
+                            note = 'unpriced model: not counted (`unpriced = "allow"`)'
+                            rules.append((policy, partition, rule, None, note))
                             continue
                         if budget.unpriced == "block":
-                            rules.append((policy, rule, None, "unpriced"))
+                            rules.append((policy, partition, rule, None, "unpriced"))
                             continue
                         input_price, output_price = budget.estimate_price
                         amount = math.ceil(facts.prompt_tokens() * input_price + output_bound * output_price)
                 else:
                     needs_prompt = rule.amounts.count != "output"
                     amount = rule.amounts.estimate(facts.prompt_tokens() if needs_prompt else 0, output_bound)
-                if budget is not None and budget.on_exceed == "audit":
-                    rules.append((policy, rule, None, "audit"))
-                    continue
-                if budget is not None and budget.on_exceed == "truncate":
-                    left = spec.limit - self.backend.used(spec, partition)
-                    if 0 < left < amount:
-                        amount = left
-                reserve = Take(spec, partition, amount, policy.enforce)
+                if budget is not None:
+                    if budget.on_exceed == "audit":
+                        rules.append((policy, partition, rule, None, "audit"))
+                        continue
+                    if budget.on_exceed == "truncate":
+                        left = spec.limit - backend.used(spec, partition)
+                        if 0 < left < amount:
+                            amount = left
+                reserve = Take(spec, partition, amount, enforce)
                 takes.append(reserve)
-                rules.append((policy, rule, reserve, ""))
-        admitted = self.backend.admit(takes) if takes else True
+                rules.append((policy, partition, rule, reserve, ""))
+        admitted = backend.admit(takes) if takes else True
         now = self.clock()
         tightest: dict[str, tuple[int, Grant, LimitRule]] = {}
         denial: tuple[PolicyVerdict, ApiError] | None = None
         unpriced_denial: tuple[PolicyVerdict, ApiError] | None = None
-        for policy, rule, take, note in rules:
+        verdicts = admission.verdicts
+        settle_now: list[tuple[Held, int | None]] = []
+        for policy, partition, rule, take, note in rules:
             spec = rule.spec
-            mode = policy.config.mode
-            partition = policy.partition(facts)
-
-            def make(verdict: str, **extra: Any) -> PolicyVerdict:
-                return PolicyVerdict(
-                    policy=policy.name,  # noqa: B023 (called within this iteration)
-                    kind=spec.kind,  # noqa: B023
-                    verdict=verdict,
-                    mode=mode,  # noqa: B023
-                    partition=partition,  # noqa: B023
-                    limit=_unit(spec.limit, spec),  # noqa: B023
-                    window=rule.window,  # noqa: B023
-                    unit=spec.unit,  # noqa: B023
-                    **extra,
-                )
-
             if take is None:
                 if note == "unpriced":
-                    verdict = make(
+                    verdict = _verdict(
+                        policy,
+                        rule,
+                        partition,
                         "deny" if policy.enforce else "would_deny",
                         detail="the model has no price, and this budget blocks unpriced models",
                     )
-                    admission.verdicts.append(verdict)
+                    verdicts.append(verdict)
                     if policy.enforce and unpriced_denial is None:
                         message = (
                             f"refused by policy `{policy.name}`: model `{facts.resolved_model}` has no price, "
@@ -694,22 +711,23 @@ class PolicyEngine:
                         )
                         unpriced_denial = (verdict, ApiError(403, "permission_error", "model_unpriced", message))
                 elif note == "audit":
-                    used = self.backend.used(spec, policy.partition(facts))
-                    over = used >= spec.limit
-                    admission.verdicts.append(
-                        make(
-                            "audit" if over else "allow",
-                            used=_unit(used, spec),
+                    used = backend.used(spec, partition)
+                    verdicts.append(
+                        _verdict(
+                            policy,
+                            rule,
+                            partition,
+                            "audit" if used >= spec.limit else "allow",
+                            used=rule.display(used),
                             detail="audit mode: recorded, never blocking",
                         )
                     )
-                    admission.hold(Held(spec, policy.partition(facts), None), rule, "debit")
+                    admission.hold(Held(spec, partition, None), rule, "debit")
                 else:
-                    admission.verdicts.append(make("allow", detail=note))
+                    verdicts.append(_verdict(policy, rule, partition, "allow", detail=note))
                 continue
             answer = take.answer
             if isinstance(answer, Grant):
-                verdict_name = "allow"
                 if rule.budget is not None and rule.budget.on_exceed == "truncate":
                     cap = self._output_cap(rule, take.amount, facts)
                     if cap is not None and (admission.output_cap is None or cap < admission.output_cap[0]):
@@ -717,43 +735,48 @@ class PolicyEngine:
                         if not facts.stream:
                             current = admission.clamps.get("max_tokens")
                             admission.clamps["max_tokens"] = min(cap, int(current)) if current else cap
-                admission.verdicts.append(
-                    make(
-                        verdict_name,
-                        requested=_unit(take.amount, spec),
-                        remaining=_unit(answer.remaining, spec),
+                verdicts.append(
+                    _verdict(
+                        policy,
+                        rule,
+                        partition,
+                        "allow",
+                        requested=rule.display(take.amount),
+                        remaining=rule.display(answer.remaining),
                         resets_at=now + answer.reset_after,
                     )
                 )
                 if admitted:
-                    admission.hold(Held(spec, take.partition, answer.id), rule, "once" if spec.kind == "rate" else "")
+                    if spec.kind == "rate":
+                        # Settled at once: a request is a request, whatever it uses.
+                        settle_now.append((Held(spec, partition, answer.id), 1))
+                    else:
+                        admission.hold(Held(spec, partition, answer.id), rule, "")
                     if policy.enforce and spec.kind in ("rate", "tokens"):
                         header_kind = "requests" if spec.kind == "rate" else "tokens"
                         best = tightest.get(header_kind)
                         if best is None or answer.remaining < best[0]:
                             tightest[header_kind] = (answer.remaining, answer, rule)
             elif isinstance(answer, Denial):
-                verdict = make(
+                verdict = _verdict(
+                    policy,
+                    rule,
+                    partition,
                     "deny" if policy.enforce else "would_deny",
-                    used=_unit(answer.used, spec),
-                    requested=_unit(answer.requested, spec),
+                    used=rule.display(answer.used),
+                    requested=rule.display(answer.requested),
                     retry_after_s=answer.retry_after,
                     resets_at=now + answer.retry_after if answer.retry_after is not None else None,
                 )
-                admission.verdicts.append(verdict)
+                verdicts.append(verdict)
                 if policy.enforce and denial is None:
                     denial = (verdict, self._limit_error(policy, rule, answer, take))
             else:
-                admission.verdicts.append(make("not_evaluated", detail="an earlier policy denied the request"))
-        if admitted:
-            # Request rates are settled at once (a request is a request, whatever it uses).
-            self.backend.settle(
-                [
-                    (Held(t.spec, t.partition, t.answer.id), 1)
-                    for t in takes
-                    if t.spec.kind == "rate" and isinstance(t.answer, Grant) and t.answer.id is not None
-                ]
-            )
+                verdicts.append(
+                    _verdict(policy, rule, partition, "not_evaluated", detail="an earlier policy denied the request")
+                )
+        if settle_now:
+            backend.settle(settle_now)
         if unpriced_denial is not None and denial is None:
             denial = unpriced_denial
             if admitted:
@@ -769,8 +792,8 @@ class PolicyEngine:
                     (f"x-ratelimit-reset-{header_kind}", _reset_text(grant.reset_after)),
                 ]
             )
-        shadow = sorted({v.policy for v in admission.verdicts if v.verdict in ("would_deny", "would_clamp")})
-        if shadow:
+        if any(v.verdict in ("would_deny", "would_clamp") for v in verdicts):
+            shadow = sorted({v.policy for v in verdicts if v.verdict in ("would_deny", "would_clamp")})
             admission.headers.append(("x-tollway-shadow-deny", ", ".join(shadow)))
 
     def _output_cap(self, rule: LimitRule, reserved: int, facts: RequestFacts) -> int | None:
@@ -808,5 +831,33 @@ class PolicyEngine:
         return ApiError(429, "rate_limit_error", code, message, headers=tuple(headers))
 
 
-def _unit(amount: int, spec: LimitSpec) -> float:
-    return amount / 1_000_000 if spec.unit == "usd" else float(amount)
+def _verdict(
+    policy: CompiledPolicy,
+    rule: LimitRule,
+    partition: str,
+    verdict: str,
+    used: float | None = None,
+    requested: float | None = None,
+    remaining: float | None = None,
+    retry_after_s: float | None = None,
+    resets_at: float | None = None,
+    detail: str | None = None,
+) -> PolicyVerdict:
+    # Positional: a verdict is made per matching limit per request, and keywords cost more.
+    spec = rule.spec
+    return PolicyVerdict(
+        policy.name,
+        spec.kind,
+        verdict,
+        policy.mode,
+        partition,
+        rule.limit_display,
+        rule.window,
+        used,
+        requested,
+        remaining,
+        retry_after_s,
+        resets_at,
+        spec.unit,
+        detail,
+    )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tollway._native import BudgetWindow, ConcurrencyLimiter, Denial, Grant, TokenBucket
 
@@ -63,9 +63,8 @@ class Take:
         return isinstance(self.answer, Grant)
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """What an admitted take holds until the request ends."""
+class Held(NamedTuple):
+    """What an admitted take holds until the request ends (a tuple: made on every request)."""
 
     spec: LimitSpec
     partition: str
@@ -139,17 +138,26 @@ class MemoryBackend:
         self.lease_ttl_s = lease_ttl_s
         self.clock = clock
         self._limits: dict[LimitSpec, MemoryLimit] = {}
+        # The same, by object identity: hashing a spec (a dataclass of nine fields) on every
+        # lookup costs more than the limiter call. The spec is kept in the entry, so its id
+        # cannot be reused by another object while the entry exists.
+        self._by_id: dict[int, tuple[LimitSpec, MemoryLimit]] = {}
 
     def prepare(self, specs: Sequence[LimitSpec]) -> None:
         """Make sure every limit of a (new) configuration exists; keep the counters of limits
         that did not change; drop the rest."""
         kept = {spec: self._limits.get(spec) or MemoryLimit(spec, self.lease_ttl_s) for spec in specs}
         self._limits = kept
+        self._by_id = {id(spec): (spec, kept[spec]) for spec in specs}
 
     def limit(self, spec: LimitSpec) -> MemoryLimit:
+        entry = self._by_id.get(id(spec))
+        if entry is not None and entry[0] is spec:
+            return entry[1]
         found = self._limits.get(spec)
         if found is None:
             found = self._limits[spec] = MemoryLimit(spec, self.lease_ttl_s)
+        self._by_id[id(spec)] = (spec, found)
         return found
 
     def admit(self, takes: Sequence[Take]) -> bool:
