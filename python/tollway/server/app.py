@@ -38,7 +38,7 @@ import orjson
 from tollway.auth import Identity, KeyStore, hash_key, presented_key
 from tollway.config.loader import LoadedConfig, load_config
 from tollway.config.schema import ModelConfig
-from tollway.errors import ConfigError
+from tollway.errors import ConfigError, TokenCountError
 from tollway.observability.logs import AccessLog
 from tollway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tollway.observability.metrics import GatewayMetrics
@@ -47,7 +47,7 @@ from tollway.pipeline import ModelRequest, Reject, model_config_for
 from tollway.policy.engine import PolicyEngine
 from tollway.policy.state import MemoryBackend
 from tollway.providers import ProviderAdapter, build_adapters
-from tollway.routing import Router, Target
+from tollway.routing import Router, RoutingError, Target
 from tollway.server import admin
 from tollway.server.errors import ApiError, invalid_request
 from tollway.upstream import UpstreamClient
@@ -141,6 +141,7 @@ class Gateway:
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/messages"): self.messages,
+            ("POST", "/v1/messages/count_tokens"): self.count_tokens,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
@@ -364,6 +365,38 @@ class Gateway:
     async def messages(self, scope: Any, proto: Any, request_id: str) -> None:
         runtime = self._runtime()
         await ModelRequest(self, runtime, scope, proto, request_id, "anthropic", "/v1/messages").run()
+
+    async def count_tokens(self, scope: Any, proto: Any, request_id: str) -> None:
+        """Anthropic's `POST /v1/messages/count_tokens`, answered by the native counter with the
+        model's tokenizer (an approximation for Claude, whose tokenizer is not public: see
+        docs/native.md). No provider is called, so no usage is recorded."""
+        runtime = self._runtime()
+        identity = self.authenticate(scope, runtime)
+        raw = await self.read_body(scope, proto, runtime.max_body)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Reject(invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json")) from None
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model:
+            raise Reject(invalid_request("missing `model`: a non-empty string naming the model", "model"))
+        if not identity.may_use(model):
+            message = f"key `{identity.key_name}` may not use model `{model}`"
+            raise Reject(ApiError(403, "permission_error", "model_not_allowed", message, "model"))
+        try:
+            target = runtime.router.plan(model, identity).candidates[0]
+        except RoutingError:
+            message = f"model `{model}` does not exist on this gateway"
+            raise Reject(ApiError(404, "invalid_request_error", "model_not_found", message, "model")) from None
+        counter = runtime.accounting(target, runtime.model_config(target)).counter()
+        if counter is None:
+            raise Reject(ApiError(500, "server_error", "no_tokenizer", "no tokenizer is available for this model"))
+        try:
+            tokens, exactness = counter.count_anthropic_messages(raw)
+        except TokenCountError as exc:
+            raise Reject(invalid_request(str(exc), "messages")) from None
+        headers = [_JSON, ("x-request-id", request_id), ("x-tollway-token-count", exactness)]
+        proto.response_bytes(200, headers, orjson.dumps({"input_tokens": tokens}))
 
     async def healthz(self, scope: Any, proto: Any, request_id: str) -> None:
         proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], b'{"status":"ok"}')
