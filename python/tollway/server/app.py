@@ -271,12 +271,12 @@ class Gateway:
                 else:
                     message = f"unknown URL: {scope.method} {scope.path}"
                     error = ApiError(404, "invalid_request_error", "unknown_url", message)
-                self.respond_error(proto, request_id, error)
+                self.respond_error(proto, request_id, error, scope.path)
                 return
         try:
             await handler(scope, proto, request_id)
         except Reject as reject:
-            self.respond_error(proto, request_id, reject.error)
+            self.respond_error(proto, request_id, reject.error, scope.path)
         except Exception:
             # A bug, not a client or provider problem: log it with the request id and answer 500.
             log.exception("internal error handling %s %s (request %s)", scope.method, scope.path, request_id)
@@ -285,12 +285,16 @@ class Gateway:
                     proto,
                     request_id,
                     ApiError(500, "server_error", "internal_error", "the gateway failed to handle this request"),
+                    scope.path,
                 )
 
     @staticmethod
-    def respond_error(proto: Any, request_id: str, error: ApiError) -> None:
+    def respond_error(proto: Any, request_id: str, error: ApiError, path: str = "") -> None:
+        """The error in the format of the API the path belongs to (Anthropic's for `/v1/messages...`)."""
         headers = [_JSON, ("x-request-id", request_id), *error.headers]
-        proto.response_bytes(error.status, headers, error.openai_body(request_id))
+        anthropic = path.startswith("/v1/messages")
+        body = error.anthropic_body(request_id) if anthropic else error.openai_body(request_id)
+        proto.response_bytes(error.status, headers, body)
 
     def authenticate(self, scope: Any, runtime: Runtime) -> Identity:
         headers = scope.headers
