@@ -35,13 +35,18 @@ def _num(value: float | None) -> str:
 def _amount(value: float | None, unit: str | None) -> str:
     if unit == "usd":
         return f"${value:,.6f}".rstrip("0").rstrip(".") if value is not None else "$?"
-    return f"{_num(value)} {unit}" if unit else _num(value)
+    if not unit:
+        return _num(value)
+    if unit == "in-flight":
+        return f"{_num(value)} in flight"
+    # `1 request`, `2 requests`.
+    return f"{_num(value)} {unit[:-1] if value == 1 and unit.endswith('s') else unit}"
 
 
 def verdict_line(v: PolicyVerdict) -> str:
-    """One policy's decision with its numbers, e.g. `team-tokens (tokens, per team=research):
-    denied: 98,000 of 100,000 tokens per 1m used, 5,000 requested; retry in 12.5 s`."""
-    scope = f", per {v.partition}" if v.partition else ""
+    """One policy's decision with its numbers, e.g. `team-tpm (tokens, per team=research):
+    DENIED: 98,000 tokens in use of 100,000 tokens per 1m, 5,000 tokens requested; retry in 12.5 s`."""
+    scope = f", per {v.partition}" if v.partition and v.partition != "*" else ""
     mode = " [shadow]" if v.mode == "shadow" else ""
     words = {
         "allow": "allowed",
@@ -49,26 +54,33 @@ def verdict_line(v: PolicyVerdict) -> str:
         "would_deny": "would have denied (shadow mode: not enforced)",
         "audit": "over its cap, recorded only (audit)",
         "clamp": "clamped the request",
+        "would_clamp": "would have clamped the request (shadow mode)",
+        "truncate": "cut the answer at its cap",
+        "not_evaluated": "not evaluated (an earlier rule refused the request)",
         "degraded_allow": "allowed without its shared state (store unavailable)",
         "degraded_deny": "DENIED: its shared state is unavailable (fail closed)",
     }
     text = f"{v.policy} ({v.kind}{scope}){mode}: {words.get(v.verdict, v.verdict)}"
     numbers = []
+    limit = None
     if v.limit is not None:
-        window = f" per {v.window}" if v.window else ""
-        used = f"{_amount(v.used, v.unit)} of " if v.used is not None else ""
-        numbers.append(f"{used}{_amount(v.limit, v.unit)}{window} used")
-    if v.requested is not None:
-        numbers.append(f"{_amount(v.requested, v.unit)} requested")
-    if v.remaining is not None and v.verdict == "allow":
-        numbers.append(f"{_amount(v.remaining, v.unit)} left")
+        limit = _amount(v.limit, v.unit) + (f" per {v.window}" if v.window and v.unit != "in-flight" else "")
+    if v.verdict != "not_evaluated":
+        if v.used is not None:
+            numbers.append(f"{_amount(v.used, v.unit)} in use")
+        if v.requested is not None:
+            numbers.append(f"{_amount(v.requested, v.unit)} requested")
+        if v.remaining is not None and v.verdict == "allow":
+            numbers.append(f"{_amount(v.remaining, v.unit)} left")
+    if limit is not None:
+        numbers.append(f"limit {limit}")
     if v.retry_after_s is not None and v.verdict in ("deny", "would_deny", "degraded_deny"):
         numbers.append(f"retry in {v.retry_after_s:.3g} s")
-    if v.resets_at is not None:
+    if v.resets_at is not None and v.verdict != "not_evaluated":
         numbers.append(f"resets {_when(v.resets_at)}")
     if numbers:
         text += ": " + ", ".join(numbers)
-    if v.detail:
+    if v.detail and v.verdict != "not_evaluated":
         text += f" ({v.detail})"
     return text
 

@@ -392,7 +392,9 @@ def _reset_text(seconds: float) -> str:
 def _human(amount: float, unit: str) -> str:
     if unit == "usd":
         return f"${amount / 1_000_000:,.6f}".rstrip("0").rstrip(".")
-    return f"{int(amount):,} {unit}"
+    if unit == "in-flight":
+        return f"{int(amount):,} in flight"
+    return f"{int(amount):,} {unit[:-1] if amount == 1 and unit.endswith('s') else unit}"
 
 
 class Admission:
@@ -813,6 +815,8 @@ class PolicyEngine:
         code, remedy = _KIND_CODES[spec.kind]
         used = _human(answer.used, spec.unit)
         limit = _human(spec.limit, spec.unit)
+        if spec.kind in ("rate", "tokens") and spec.burst and spec.burst != spec.limit:
+            limit += f" ({_human(spec.burst, spec.unit)} at once)"
         requested = _human(answer.requested, spec.unit)
         window = "" if spec.kind == "concurrency" else f" per {rule.window}"
         when = (
@@ -845,6 +849,8 @@ def _verdict(
 ) -> PolicyVerdict:
     # Positional: a verdict is made per matching limit per request, and keywords cost more.
     spec = rule.spec
+    if detail is None and spec.burst and spec.burst != spec.limit:
+        detail = f"at most {spec.burst:,} at once"
     return PolicyVerdict(
         policy.name,
         spec.kind,
