@@ -22,6 +22,7 @@ Gemini and Bedrock the one in the path, for Azure the deployment) picks the beha
 | `think`             | reasons first (thinking blocks, `reasoning_content`, Gemini thoughts when   |
 |                     | asked for, Bedrock `reasoningContent` when thinking is enabled)            |
 | `fail-429`          | 429 with `Retry-After: 7`, in the format's error shape                     |
+| `fail-429-after-<s>`| 429 with `Retry-After: <s>` (e.g. `fail-429-after-1`)                      |
 | `fail-429-bare`     | 429 without `Retry-After`                                                  |
 | `fail-500-once`     | 500 on the first request for that model since the last reset, then normal  |
 | `fail-<status>`     | that status, always (`fail-503`: a persistent outage)                      |
@@ -34,11 +35,16 @@ Gemini and Bedrock the one in the path, for Azure the deployment) picks the beha
 | `malformed-chunk`   | a broken third event (invalid JSON; for Bedrock a CRC mismatch)           |
 | `no-done`           | the stream ends cleanly but without its end marker: `[DONE]`,              |
 |                     | `message_stop`, Gemini's `finishReason` chunk, Bedrock's `messageStop`     |
+| `long-<n>`          | answers with `n` words (the reply repeated), streamed one word per event   |
 
 Keys: any non-empty key is accepted, except keys starting with `bad` (401/403 in the format's
 shape) and `limited` (429 with `Retry-After: 1`), so key rotation can be tested. Bedrock
 requests must carry a valid SigV4 signature made with the secret `MOCK_AWS_SECRET` (any access
 key id; ids starting with `AKIDBAD` are unknown).
+
+Streams: each event is written on its own, then the server waits `--event-delay-ms` (default 2)
+so that it leaves as its own network chunk, as a provider's tokens do; `--event-delay-ms 0`
+writes events back to back (for benchmarks: an upstream as fast as it can be).
 
 Inspection: `GET /_mock/last` (the last chat request: format, path, query, headers, JSON body,
 and the usage the mock reported), `GET /_mock/requests` (all since the reset), `GET
@@ -154,7 +160,8 @@ class Exchange:
     async def send(self, data: bytes) -> None:
         if data:
             self._write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        await asyncio.sleep(0.002)  # let each event leave as its own network chunk
+        if self._conn.event_delay_s > 0:
+            await asyncio.sleep(self._conn.event_delay_s)  # let each event leave as its own network chunk
 
     def end(self) -> None:
         self._write(b"0\r\n\r\n")
@@ -185,8 +192,9 @@ Handler = Callable[[Request, Exchange], Awaitable[None]]
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, event_delay_s: float = 0.002) -> None:
         self.handler = handler
+        self.event_delay_s = event_delay_s
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
@@ -253,6 +261,7 @@ class Answer:
     cache_write: int
     completion: int  # every output token, reasoning included
     reasoning: int
+    pieces: int = 4  # streamed text events
 
     @property
     def usage(self) -> dict[str, int]:
@@ -422,7 +431,7 @@ class Format:
 
         events = [chunk({"role": "assistant", "content": "", "refusal": None})]
         events += [chunk({"reasoning_content": piece}) for piece in _pieces(answer.thinking, 2) if answer.thinking]
-        events += [chunk({"content": piece}) for piece in _pieces(answer.text) if answer.text]
+        events += [chunk({"content": piece}) for piece in _pieces(answer.text, answer.pieces) if answer.text]
         if answer.tool is not None:
             name, args = answer.tool
             start = {"index": 0, "id": "call_mock1", "type": "function", "function": {"name": name, "arguments": ""}}
@@ -569,7 +578,10 @@ class AnthropicFormat(Format):
             deltas.append({"type": "signature_delta", "signature": THINKING_SIGNATURE})
             block({"type": "thinking", "thinking": "", "signature": ""}, deltas)
         if answer.text:
-            block({"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in _pieces(answer.text)])
+            block(
+                {"type": "text", "text": ""},
+                [{"type": "text_delta", "text": p} for p in _pieces(answer.text, answer.pieces)],
+            )
         if answer.tool is not None:
             name, args = answer.tool
             fragments = ["", *_halves(_dumps(args).decode())]
@@ -686,7 +698,7 @@ class GeminiFormat(Format):
         events: list[bytes] = []
         if answer.thinking and self.wants_thoughts(body):
             events += [chunk([{"text": p, "thought": True}]) for p in _pieces(answer.thinking, 2)]
-        pieces = _pieces(answer.text) if answer.text else []
+        pieces = _pieces(answer.text, answer.pieces) if answer.text else []
         events += [chunk([{"text": p}]) for p in pieces[:-1]]
         last: list[dict[str, Any]] = [{"text": pieces[-1]}] if pieces else []
         if answer.tool is not None:
@@ -787,7 +799,7 @@ class BedrockFormat(Format):
             events.append(event_message("contentBlockStop", {"contentBlockIndex": index}))
             index += 1
         if answer.text:
-            for piece in _pieces(answer.text):
+            for piece in _pieces(answer.text, answer.pieces):
                 text_delta = {"text": piece}
                 events.append(
                     event_message("contentBlockDelta", {"contentBlockIndex": index, "delta": text_delta, "p": "ab"})
@@ -822,6 +834,7 @@ OPENAI, ANTHROPIC, GEMINI, BEDROCK, AZURE = (
     AzureFormat("azure"),
 )
 _GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_LONG = re.compile(r"long-(\d+)")
 _BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream)$")
 _AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 _SIGV4 = re.compile(
@@ -962,6 +975,10 @@ class MockProviders:
             if first is not None:
                 tool = (first[0], arguments_for(first[1]))
         text = TOOL_PREAMBLE if tool is not None else REPLY
+        pieces = 4
+        if (long := _LONG.search(model)) is not None:
+            pieces = max(1, int(long.group(1)))
+            text = " ".join((REPLY.split() * (pieces // len(REPLY.split()) + 1))[:pieces])
         thinking = THINKING if "think" in model else ""
         stop = "tool" if tool is not None else "stop"
         limit = fmt.max_tokens(body)
@@ -982,6 +999,7 @@ class MockProviders:
             cache_write=usage["cache_write"],
             completion=usage["completion"],
             reasoning=usage["reasoning"],
+            pieces=pieces,
         )
 
     async def chat(
@@ -1047,6 +1065,8 @@ class MockProviders:
             headers, payload = fmt.error(status, f"mock failure {status}")
             if model == "fail-429":
                 headers = [*headers, ("retry-after", "7")]
+            elif model.startswith("fail-429-after-"):
+                headers = [*headers, ("retry-after", model.removeprefix("fail-429-after-"))]
             exchange.respond(status, headers, payload)
             return True
         return False
@@ -1074,10 +1094,10 @@ class MockProviders:
         exchange.end()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, event_delay_s: float = 0.002) -> None:
     app = MockProviders()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(app), host, port, reuse_address=True)
+    server = await loop.create_server(lambda: _Connection(app, event_delay_s), host, port, reuse_address=True)
     async with server:
         await server.serve_forever()
 
@@ -1086,9 +1106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument(
+        "--event-delay-ms", type=float, default=2.0, help="wait after each streamed event (0: none, for benchmarks)"
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.event_delay_ms / 1000))
 
 
 if __name__ == "__main__":
