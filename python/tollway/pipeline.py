@@ -87,18 +87,46 @@ class OutputGuard:
             raise CapReached()
 
 
+# The event that ends a complete stream in each client API, at the start of a line (an SSE
+# payload cannot hold a raw line feed, so these bytes after one are that event and nothing else).
+_STREAM_ENDS = {
+    "openai": (b"\ndata: [DONE]", b"\ndata:[DONE]"),
+    "anthropic": (b"\nevent: message_stop", b"\nevent:message_stop"),
+}
+
+
+def _ends_stream(data: bytes, markers: tuple[bytes, ...]) -> bool:
+    """Whether `data` (whole SSE events) carries the stream's end event. It is the last event,
+    so only the tail is searched."""
+    tail = data[-300:] if len(data) > 300 else b"\n" + data
+    return any(marker in tail for marker in markers)
+
+
 class ClientStream:
-    """The client side of a streamed response; the HTTP response starts on the first send."""
+    """The client side of a streamed response; the HTTP response starts on the first send.
 
-    __slots__ = ("_headers", "_proto", "_transport", "first_send_at", "guard", "sent_bytes")
+    `ended` turns true when the client API's end event (`data: [DONE]`, `message_stop`) is
+    sent: the client then has the whole answer, and may close the connection at once (the
+    OpenAI SDK does) while the gateway still reads the end of the upstream response.
+    """
 
-    def __init__(self, proto: Any, headers: list[tuple[str, str]], guard: OutputGuard | None = None) -> None:
+    __slots__ = ("_ends", "_headers", "_proto", "_transport", "ended", "first_send_at", "guard", "sent_bytes")
+
+    def __init__(
+        self,
+        proto: Any,
+        headers: list[tuple[str, str]],
+        guard: OutputGuard | None = None,
+        ends: tuple[bytes, ...] = (),
+    ) -> None:
         self._proto = proto
         self._headers = headers
         self._transport: Any = None
         self.first_send_at: float | None = None  # perf_counter time of the first byte
         self.sent_bytes = 0
         self.guard = guard
+        self._ends = ends
+        self.ended = False
 
     @property
     def started(self) -> bool:
@@ -108,6 +136,8 @@ class ClientStream:
         if self._transport is None:
             self.first_send_at = time.perf_counter()
             self._transport = self._proto.response_stream(200, self._headers)
+        if self._ends and _ends_stream(data, self._ends):
+            self.ended = True
         try:
             await self._transport.send_bytes(data)
         except Exception as exc:  # Granian raises its own protocol errors for a closed peer
@@ -359,6 +389,7 @@ class ModelRequest:
         try:
             if parsed.stream:
                 await self._stream(adapter, call, target)
+                self._finish_attempt(attempt, began, None)
             else:
                 completion = await adapter.chat(call)
                 self._finish_attempt(attempt, began, None)
@@ -466,7 +497,9 @@ class ModelRequest:
             counter = self.rt.accounting(target, call.model).counter()
             if counter is not None:
                 guard = OutputGuard(cap[0], cap[1], call.meter, counter.stream())
-        self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard)
+        self.sink = sink = ClientStream(
+            self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, _STREAM_ENDS[self.api]
+        )
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.ensure_future(self.proto.client_disconnect())
@@ -474,7 +507,9 @@ class ModelRequest:
 
         def on_gone(fut: asyncio.Future[None]) -> None:
             nonlocal disconnected
-            if not fut.cancelled():
+            # A client that leaves after the end event has the whole answer: the rest of the
+            # upstream response is still read, for its usage and to keep the connection.
+            if not fut.cancelled() and not sink.ended:
                 disconnected = True
                 task.cancel()
 
