@@ -51,3 +51,48 @@ def test_messages_api_on_the_mock_provider(gateway: Server, stream: bool) -> Non
     assert text == "one two three four five six seven eight"
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == 8
+
+
+# -- OpenAI's embeddings and Responses API, passed through ------------------------------------
+
+
+def test_embeddings_via_sdk(gateway: Server, upstream: Server) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ALICE_KEY, max_retries=0)
+    raw = client.embeddings.with_raw_response.create(model="gpt-test", input=["one two three", "four five"])
+    result = raw.parse()
+    assert [d.embedding for d in result.data] == [[0.25, -0.5, 0.125]] * 2
+    assert result.usage.prompt_tokens == 5
+    assert json.loads(upstream.get_json("/_mock/last")["body"])["model"] == "gpt-mock"  # the upstream's name
+    assert raw.headers["x-tollway-provider"] == "up"
+
+
+def test_embeddings_errors(gateway: Server) -> None:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {ALICE_KEY}"}
+    status, _, body = gateway.request("POST", "/v1/embeddings", json.dumps({"model": "gpt-test"}).encode(), headers)
+    assert status == 400 and json.loads(body)["error"]["code"] == "missing_input"
+    # The built-in mock provider serves chat only.
+    status, _, body = gateway.request(
+        "POST", "/v1/embeddings", json.dumps({"model": "mock-gpt", "input": "x"}).encode(), headers
+    )
+    assert status == 400 and json.loads(body)["error"]["code"] == "unsupported_endpoint"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_api_passthrough(gateway: Server, stream: bool) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ALICE_KEY, max_retries=0)
+    if stream:
+        with client.responses.stream(model="gpt-test", input="say something") as events:
+            text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            final = events.get_final_response()
+    else:
+        final = client.responses.create(model="gpt-test", input="say something")
+        text = final.output_text
+    from tollway.testing.mock_openai import REPLY
+
+    assert text == REPLY
+    assert final.usage is not None and final.usage.input_tokens == 2
+    assert final.usage.output_tokens == len(REPLY.split())

@@ -118,6 +118,9 @@ def explain(record: UsageRecord) -> str:
     if r.attempts:
         lines.append("Attempts:")
         for i, a in enumerate(r.attempts, 1):
+            if a.reason == "skipped":
+                lines.append(f"  {i}. {a.provider} / {a.model}: skipped ({a.outcome.replace('_', ' ')})")
+                continue
             outcome = "succeeded" if a.outcome == "ok" else a.outcome.replace("_", " ")
             status = f", HTTP {a.status}" if a.status else ""
             ttft = f", first token after {a.ttft_ms:.1f} ms" if a.ttft_ms is not None else ""

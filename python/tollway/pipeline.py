@@ -92,6 +92,7 @@ class OutputGuard:
 _STREAM_ENDS = {
     "openai": (b"\ndata: [DONE]", b"\ndata:[DONE]"),
     "anthropic": (b"\nevent: message_stop", b"\nevent:message_stop"),
+    "responses": (b"\nevent: response.completed", b"\nevent:response.completed"),
 }
 
 
@@ -161,8 +162,9 @@ class ParsedRequest:
     stream: bool
 
 
-def parse_body(raw: bytes, api: Api) -> ParsedRequest:
-    """The fields the gateway needs, checked; everything else goes to the provider as sent."""
+def parse_body(raw: bytes, api: Api, operation: str = "chat") -> ParsedRequest:
+    """The fields the gateway needs, checked; everything else goes to the provider as sent.
+    Chat needs `messages`; embeddings need `input`; the Responses API needs only `model`."""
     if not raw:
         raise Reject(invalid_request("request body is empty; expected a JSON object", code="invalid_json"))
     try:
@@ -174,8 +176,13 @@ def parse_body(raw: bytes, api: Api) -> ParsedRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise Reject(invalid_request("missing `model`: a non-empty string naming the model", "model", "missing_model"))
+    if operation == "embeddings":
+        value = body.get("input")
+        if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):
+            raise Reject(invalid_request("missing `input`: a string or a non-empty array", "input", "missing_input"))
+        return ParsedRequest(body, raw, model, False)
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if operation == "chat" and (not isinstance(messages, list) or not messages):
         raise Reject(
             invalid_request("missing `messages`: a non-empty array of chat messages", "messages", "missing_messages")
         )
@@ -195,8 +202,19 @@ class ModelRequest:
     """One call to a model endpoint, from authentication to its usage record."""
 
     def __init__(
-        self, gateway: Gateway, runtime: Runtime, scope: Any, proto: Any, request_id: str, api: Api, endpoint: str
+        self,
+        gateway: Gateway,
+        runtime: Runtime,
+        scope: Any,
+        proto: Any,
+        request_id: str,
+        api: Api,
+        endpoint: str,
+        operation: str = "chat",
     ) -> None:
+        # `chat` (both APIs, translated across providers); `embeddings` and `responses` (OpenAI's
+        # format, passed through to providers that serve them).
+        self.operation = operation
         self.gw = gateway
         self.rt = runtime
         self.scope = scope
@@ -250,7 +268,7 @@ class ModelRequest:
         rec = self.record
         rec.key, rec.team, rec.user, rec.tags = identity.key_name, identity.team, identity.user, list(identity.tags)
         raw = await gw.read_body(self.scope, self.proto, self.rt.max_body)
-        self.parsed = parsed = parse_body(raw, self.api)
+        self.parsed = parsed = parse_body(raw, self.api, self.operation)
         rec.requested_model, rec.stream = parsed.model, parsed.stream
         rec.params = _numeric_params(parsed.body)
         if not identity.may_use(parsed.model):
@@ -267,7 +285,7 @@ class ModelRequest:
         primary = plan.candidates[0]
         rec.provider, rec.upstream_model = primary.provider, primary.model
         if len(self.rt.policies):
-            self.admission = admission = self.rt.policies.evaluate(self._facts(identity, parsed, primary))
+            self.admission = admission = await self.rt.policies.evaluate_async(self._facts(identity, parsed, primary))
             rec.decisions = admission.verdicts
             if admission.denied is not None:
                 raise Reject(admission.denied)
@@ -340,9 +358,11 @@ class ModelRequest:
     async def _attempts(self, plan: Plan, parsed: ParsedRequest) -> None:
         failure: Failure | None = None
         failure_headers: dict[str, str] | None = None
+        skips = 0
         while True:
             started_streaming = self.sink is not None and self.sink.started
             step = plan.next_attempt(failure, headers=failure_headers, started_streaming=started_streaming)
+            skips = self._record_skips(plan, skips)
             if step is None:
                 break
             if step.delay_s > 0:
@@ -359,6 +379,18 @@ class ModelRequest:
             await self._end_stream_with(error)
             return
         raise Reject(error)
+
+    def _record_skips(self, plan: Plan, recorded: int) -> int:
+        """Targets the plan passed over since the last call (an open circuit, a provider's wait
+        hint over the cap) go into the record, in order, as attempts not made: reason
+        `skipped`, the skip's reason as outcome. Returns how many skips are recorded."""
+        for skip in plan.skipped[recorded:]:
+            target = self.rt.router.resolve(skip.name) if skip.reason != "restricted" else None
+            if target is not None:
+                self.record.attempts.append(
+                    Attempt(provider=target.provider, model=target.model, outcome=skip.reason, reason="skipped")
+                )
+        return len(plan.skipped)
 
     async def _attempt(
         self, plan: Plan, step: Step, parsed: ParsedRequest
@@ -386,12 +418,18 @@ class ModelRequest:
         self.record.provider, self.record.upstream_model = target.provider, target.model
         self.attempted = True
         began = time.perf_counter()
+        if self.operation != "chat" and self.operation not in adapter.operations:
+            message = f"provider `{target.provider}` ({adapter.kind}) does not serve {self.record.endpoint}"
+            raise Reject(invalid_request(message, "model", "unsupported_endpoint"))
         try:
             if parsed.stream:
                 await self._stream(adapter, call, target)
                 self._finish_attempt(attempt, began, None)
             else:
-                completion = await adapter.chat(call)
+                if self.operation == "chat":
+                    completion = await adapter.chat(call)
+                else:
+                    completion = await adapter.forward(call, self.operation)
                 self._finish_attempt(attempt, began, None)
                 self.reported_usage = completion.usage
                 if completion.usage is None:
@@ -498,7 +536,7 @@ class ModelRequest:
             if counter is not None:
                 guard = OutputGuard(cap[0], cap[1], call.meter, counter.stream())
         self.sink = sink = ClientStream(
-            self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, _STREAM_ENDS[self.api]
+            self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, _STREAM_ENDS["responses" if self.operation == "responses" else self.api]
         )
         task = asyncio.current_task()
         assert task is not None
@@ -515,7 +553,10 @@ class ModelRequest:
 
         gone.add_done_callback(on_gone)
         try:
-            usage = await adapter.chat_stream(call, sink)
+            if self.operation == "chat":
+                usage = await adapter.chat_stream(call, sink)
+            else:
+                usage = await adapter.forward_stream(call, self.operation, sink)
             self.reported_usage = usage
             self.complete = True
             self.record.status = 200

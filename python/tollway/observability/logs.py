@@ -46,7 +46,7 @@ def access_line(record: UsageRecord) -> bytes:
         "ttft_ms": r.ttft_ms,
         "overhead_ms": r.overhead_ms,
         "client_disconnected": r.client_disconnected,
-        "attempts": len(r.attempts),
+        "attempts": sum(1 for a in r.attempts if a.reason != "skipped"),
     }
     if r.decisions:
         entry["denied_by"] = [v.policy for v in r.decisions if v.verdict == "deny"] or None

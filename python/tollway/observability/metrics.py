@@ -415,8 +415,8 @@ class Registry:
 
 TOKEN_TYPES = ("prompt", "completion", "cached", "cache_write", "reasoning")
 _TOKEN_TYPE_SET = frozenset(TOKEN_TYPES)
-# Attempt outcomes that are not an upstream's failure.
-_NOT_UPSTREAM_ERRORS = frozenset({"ok", "client_disconnected"})
+# Attempt outcomes that are not an upstream's failure (targets skipped by the router included).
+_NOT_UPSTREAM_ERRORS = frozenset({"ok", "client_disconnected", "circuit_open", "provider_waiting"})
 _STATUS_CLASSES: tuple[str, ...] = (
     ("none",) + ("unknown",) * 99 + tuple(f"{c}xx" for c in range(1, 6) for _ in range(100))
 )

@@ -73,7 +73,7 @@ class Tracer:
             "gen_ai.request.model": model,
             "tollway.request_id": record.request_id,
             "tollway.endpoint": record.endpoint,
-            "tollway.attempts": len(record.attempts),
+            "tollway.attempts": sum(1 for a in record.attempts if a.reason != "skipped"),
             "http.response.status_code": record.status,
         }
         if record.provider is not None:

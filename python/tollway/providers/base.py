@@ -106,12 +106,24 @@ class StreamSink(Protocol):
 
 class ProviderAdapter(abc.ABC):
     kind: str
+    # The API operations this provider serves: `chat` always; `embeddings` and `responses`
+    # (OpenAI's Responses API, passed through) where the provider speaks them.
+    operations: frozenset[str] = frozenset({"chat"})
 
     def __init__(self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None) -> None:
         self.name = config.name
         self.config = config
         self.timeouts = timeouts
         self.client = client
+
+    async def forward(self, call: ChatCall, operation: str) -> Completion:
+        """A non-chat operation (`embeddings`, `responses`), forwarded in the provider's own
+        format; only adapters listing it in `operations` are asked."""
+        raise NotImplementedError(operation)
+
+    async def forward_stream(self, call: ChatCall, operation: str, sink: StreamSink) -> Usage | None:
+        """A streamed non-chat operation (`responses`), relayed event by event."""
+        raise NotImplementedError(operation)
 
     @abc.abstractmethod
     async def chat(self, call: ChatCall) -> Completion:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import orjson
 
-from tollway._native import OpenAIChatStream
+from tollway._native import OpenAIChatStream, SseParser
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
 from tollway.errors import ConfigError, SseError, StreamFormatError, UpstreamError
@@ -24,7 +24,7 @@ from tollway.providers import _openai_wire
 from tollway.providers._common import is_context_length
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamMeter, StreamSink
 from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
-from tollway.usage import Usage, usage_from_openai
+from tollway.usage import Usage, usage_from_openai, usage_from_responses
 
 # Upstream response headers passed through to the client, renamed where ours take the name.
 _PASSED_HEADERS = {
@@ -36,13 +36,19 @@ _PASSED_HEADERS = {
 
 class OpenAIAdapter(ProviderAdapter):
     kind = "openai"
+    operations = frozenset({"chat", "embeddings", "responses"})
 
     def __init__(
         self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, api_key: Secret | None
     ) -> None:
         super().__init__(config, timeouts, client)
         assert config.base_url is not None  # the loader requires it for this kind
-        self.chat_endpoint = Endpoint.parse(config.base_url.rstrip("/") + "/chat/completions")
+        base = config.base_url.rstrip("/")
+        self.chat_endpoint = Endpoint.parse(base + "/chat/completions")
+        self.endpoints = {
+            "embeddings": Endpoint.parse(base + "/embeddings"),
+            "responses": Endpoint.parse(base + "/responses"),
+        }
         headers = {"content-type": "application/json", "accept": "application/json"}
         headers.update({k.lower(): v for k, v in config.headers.items()})
         if api_key is not None:
@@ -152,6 +158,82 @@ class OpenAIAdapter(ProviderAdapter):
                     self.name,
                     f"provider `{self.name}` ended the stream before `[DONE]`",
                 )
+            )
+        return usage
+
+    # -- embeddings and the Responses API: passed through in OpenAI's format ---------------------
+    def _forward_body(self, call: ChatCall) -> bytes:
+        upstream_model = call.model.upstream_model
+        if call.body.get("model") == upstream_model:
+            return call.raw
+        return orjson.dumps({**call.body, "model": upstream_model})
+
+    async def forward(self, call: ChatCall, operation: str) -> Completion:
+        assert self.client is not None
+        resp, deadline = await self.client.post(
+            self.name,
+            self.endpoints[operation],
+            self._forward_body(call),
+            self._request_headers(call, False),
+            self.timeouts,
+        )
+        payload = await resp.read(deadline)
+        if resp.status != 200:
+            raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
+            ) from None
+        raw_usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        usage = usage_from_responses(raw_usage) if operation == "responses" else usage_from_openai(raw_usage)
+        return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
+
+    async def forward_stream(self, call: ChatCall, operation: str, sink: StreamSink) -> Usage | None:
+        """The Responses API streamed: events relayed as they are parsed; usage from
+        `response.completed`, output text from `response.output_text.delta` for the meter."""
+        assert self.client is not None
+        resp, deadline = await self.client.post(
+            self.name,
+            self.endpoints[operation],
+            self._forward_body(call),
+            self._request_headers(call, True),
+            self.timeouts,
+        )
+        try:
+            if resp.status != 200:
+                raise self._status_failure(resp.status, await resp.read(deadline), resp.headers.get("retry-after"))
+            parser = SseParser()
+            usage: Usage | None = None
+            done = False
+            async for chunk in resp.chunks(self.timeouts, deadline):
+                out: list[bytes] = []
+                for event in parser.feed(chunk):
+                    kind = event.event or ""
+                    if kind == "response.output_text.delta" and call.meter is not None:
+                        delta = orjson.loads(event.data).get("delta")
+                        if isinstance(delta, str):
+                            call.meter.push_text(delta)
+                    elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                        done = True
+                        response = orjson.loads(event.data).get("response")
+                        if isinstance(response, dict):
+                            usage = usage_from_responses(response.get("usage")) or usage
+                    out.append(event.to_bytes())
+                if out:
+                    await sink.send(b"".join(out))
+        except (SseError, orjson.JSONDecodeError) as exc:
+            raise upstream_failure(
+                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
+            ) from None
+        finally:
+            resp.close()
+        if call.meter is not None:
+            call.meter.report_usage(usage)
+        if not done:
+            raise upstream_failure(
+                Failure(FailureKind.BROKEN_STREAM, self.name, f"provider `{self.name}` ended the stream early")
             )
         return usage
 

@@ -55,6 +55,10 @@ class MockOpenAI:
         path = scope.path
         if path == "/v1/chat/completions" and scope.method == "POST":
             await self.chat(scope, proto)
+        elif path == "/v1/embeddings" and scope.method == "POST":
+            await self.embeddings(proto)
+        elif path == "/v1/responses" and scope.method == "POST":
+            await self.responses(proto)
         elif path == "/v1/models":
             body = orjson.dumps(
                 {"object": "list", "data": [{"id": "gpt-mock", "object": "model", "created": 0, "owned_by": "mock"}]}
@@ -117,6 +121,88 @@ class MockOpenAI:
             "system_fingerprint": "fp_mock",
         }
         proto.response_bytes(200, [*JSON_HEADERS, ("x-request-id", "upstream-req-1")], orjson.dumps(payload))
+
+    async def embeddings(self, proto: Any) -> None:
+        raw = await proto()
+        self.last = {"headers": {}, "body": raw.decode("utf-8", "replace")}
+        body = orjson.loads(raw)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        tokens = sum(len(str(i).split()) for i in inputs)
+        payload = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, 0.125]} for i in range(len(inputs))],
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        proto.response_bytes(200, JSON_HEADERS, orjson.dumps(payload))
+
+    async def responses(self, proto: Any) -> None:
+        """OpenAI's Responses API: the answer, or its event stream."""
+        raw = await proto()
+        self.last = {"headers": {}, "body": raw.decode("utf-8", "replace")}
+        body = orjson.loads(raw)
+        words = len(str(body.get("input", "")).split())
+        usage = {
+            "input_tokens": words,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": self.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": words + self.completion_tokens,
+        }
+        message = {
+            "type": "message",
+            "id": "msg_mock",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": REPLY, "annotations": []}],
+        }
+        response: dict[str, Any] = {
+            "id": "resp_mock",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": body["model"],
+            "output": [message],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            proto.response_bytes(200, JSON_HEADERS, orjson.dumps(response))
+            return
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+        transport = proto.response_stream(200, SSE_HEADERS)
+        seq = iter(range(1000))
+        item = {**message, "status": "in_progress", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": "msg_mock", "output_index": 0, "content_index": 0}
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        events = [
+            event("response.created", {"response": started, "sequence_number": next(seq)}),
+            event("response.output_item.added", {"output_index": 0, "item": item, "sequence_number": next(seq)}),
+            event("response.content_part.added", {**where, "part": part, "sequence_number": next(seq)}),
+        ]
+        await transport.send_bytes(b"".join(events))
+        for i, piece in enumerate(self.pieces):
+            delta = piece if i == 0 else " " + piece
+            await transport.send_bytes(
+                event(
+                    "response.output_text.delta",
+                    {**where, "delta": delta, "sequence_number": next(seq), "logprobs": []},
+                )
+            )
+        done_part = {**part, "text": REPLY}
+        events = [
+            event("response.output_text.done", {**where, "text": REPLY, "sequence_number": next(seq), "logprobs": []}),
+            event("response.content_part.done", {**where, "part": done_part, "sequence_number": next(seq)}),
+            event("response.output_item.done", {"output_index": 0, "item": message, "sequence_number": next(seq)}),
+            event("response.completed", {"response": response, "sequence_number": next(seq)}),
+        ]
+        await transport.send_bytes(b"".join(events))
 
     async def stream(self, scope: Any, proto: Any, body: dict[str, Any], model: str, usage: dict[str, Any]) -> None:
         options = body.get("stream_options") or {}

@@ -51,3 +51,17 @@ def usage_from_openai(usage: Any) -> Usage | None:
         if isinstance(completion_details, dict)
         else 0,
     )
+
+
+def usage_from_responses(usage: Any) -> Usage | None:
+    """Read the `usage` of OpenAI's Responses API (`input_tokens`, `output_tokens`, details)."""
+    if not isinstance(usage, dict):
+        return None
+    input_details = usage.get("input_tokens_details")
+    output_details = usage.get("output_tokens_details")
+    return Usage(
+        prompt_tokens=_int(usage.get("input_tokens")),
+        completion_tokens=_int(usage.get("output_tokens")),
+        cached_tokens=_int(input_details.get("cached_tokens")) if isinstance(input_details, dict) else 0,
+        reasoning_tokens=_int(output_details.get("reasoning_tokens")) if isinstance(output_details, dict) else 0,
+    )

@@ -36,7 +36,9 @@ class Attempt(msgspec.Struct, forbid_unknown_fields=True):
     error: str | None = None  # a one-line reason, never a secret
     latency_ms: float = 0.0
     ttft_ms: float | None = None  # time to first token (streams)
-    # Why this target was tried: `primary`, `retry`, `fallback`, ...
+    # Why this target was tried: `primary`, `retry`, `fallback`, `context_length_fallback`; or
+    # `skipped` for a target the router passed over without calling it (outcome `circuit_open`
+    # or `provider_waiting`).
     reason: str = "primary"
 
 
