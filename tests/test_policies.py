@@ -502,3 +502,25 @@ def test_openai_sdk_sees_rate_limit_headers(gw: Server) -> None:
     raw = client.chat.completions.with_raw_response.create(model="mock-gpt", messages=MESSAGES)  # type: ignore[arg-type]
     assert raw.parse().choices[0].message.content
     assert raw.headers.get("x-ratelimit-limit-requests") is None  # no request-rate policy applies to this key
+
+
+def test_watch_config_reloads_on_change(tmp_path: Path) -> None:
+    text = RELOAD_BASE.format(hash=key_hash(KEYS["rl"]), admin=key_hash(ADMIN), limit=2).replace(
+        '[server]\nhost = "127.0.0.1"', '[server]\nhost = "127.0.0.1"\nwatch_config = true'
+    )
+    gw = start_gateway(text, tmp_path)
+    config_file = next(tmp_path.glob("tollway-*.toml"))
+    try:
+        before = gw.get_json("/readyz")["config"]
+        config_file.write_text(text.replace('requests = "2/1h"', 'requests = "7/1h"'))
+        deadline = time.monotonic() + 10
+        while gw.get_json("/readyz")["reloads"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = gw.get_json("/readyz")
+        assert ready["reloads"] == 1 and ready["config"] != before
+        status, headers, _ = call(gw, "rl", chat())
+        assert status == 200
+        limits = {v["policy"]: v["limit"] for v in record(gw, headers["x-request-id"])["decisions"]}
+        assert limits["changing"] == 7
+    finally:
+        stop(gw.proc)

@@ -247,17 +247,27 @@ class Gateway:
     async def _watch_config(self) -> None:
         """`[server] watch_config`: poll the file and reload when it changes."""
         path = self.loaded.path
-        last: tuple[int, int] | None = None
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
+
+        def seen() -> tuple[int, int] | None:
             try:
                 stat = path.stat()
             except OSError:
-                continue
-            seen = (stat.st_mtime_ns, stat.st_size)
-            if last is not None and seen != last:
+                return None
+            return (stat.st_mtime_ns, stat.st_size)
+
+        # The baseline is the file as loaded (a change before the first poll is still a change:
+        # the reload compares the content with what is serving, so a false alarm is a no-op).
+        last = seen()
+        if self.runtime is not None and last is not None:
+            with contextlib.suppress(OSError):
+                if hashlib.sha256(path.read_bytes()).hexdigest() != self.runtime.digest:
+                    last = None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = seen()
+            if now is not None and now != last:
                 await self.reload_from_file("file change")
-            last = seen
+            last = now
 
     # -- recording ------------------------------------------------------------------------------
     def record(self, record: UsageRecord) -> None:
