@@ -14,6 +14,9 @@ The per-event work (parsing, usage capture, that removal) is the native `OpenAIC
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 
 from tollway._native import OpenAIChatStream, SseParser
@@ -87,8 +90,15 @@ class OpenAIAdapter(ProviderAdapter):
         if call.api == "anthropic":  # an Anthropic-format client: translated both ways
             return await _openai_wire.chat_for_anthropic_client(self, call)
         body, _ = self._request_body(call)
+        return await self._post_json(call, self.chat_endpoint, body, usage_from_openai)
+
+    async def _post_json(
+        self, call: ChatCall, endpoint: Endpoint, body: bytes, read_usage: Callable[[Any], Usage | None]
+    ) -> Completion:
+        """POST a JSON request and return the JSON answer as it came, with its usage."""
+        assert self.client is not None
         resp, deadline = await self.client.post(
-            self.name, self.chat_endpoint, body, self._request_headers(call, False), self.timeouts
+            self.name, endpoint, body, self._request_headers(call, False), self.timeouts
         )
         payload = await resp.read(deadline)
         if resp.status != 200:
@@ -99,7 +109,7 @@ class OpenAIAdapter(ProviderAdapter):
             raise upstream_failure(
                 Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
             ) from None
-        usage = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
+        usage = read_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
         return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
@@ -169,26 +179,8 @@ class OpenAIAdapter(ProviderAdapter):
         return orjson.dumps({**call.body, "model": upstream_model})
 
     async def forward(self, call: ChatCall, operation: str) -> Completion:
-        assert self.client is not None
-        resp, deadline = await self.client.post(
-            self.name,
-            self.endpoints[operation],
-            self._forward_body(call),
-            self._request_headers(call, False),
-            self.timeouts,
-        )
-        payload = await resp.read(deadline)
-        if resp.status != 200:
-            raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
-        try:
-            parsed = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
-            ) from None
-        raw_usage = parsed.get("usage") if isinstance(parsed, dict) else None
-        usage = usage_from_responses(raw_usage) if operation == "responses" else usage_from_openai(raw_usage)
-        return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
+        read_usage = usage_from_responses if operation == "responses" else usage_from_openai
+        return await self._post_json(call, self.endpoints[operation], self._forward_body(call), read_usage)
 
     async def forward_stream(self, call: ChatCall, operation: str, sink: StreamSink) -> Usage | None:
         """The Responses API streamed: events relayed as they are parsed; usage from
