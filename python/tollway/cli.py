@@ -199,6 +199,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from granian.log import LogLevels
     from granian.server import Server
 
+    from tollway.state.config import WORKERS_ENV, memory_workers_problem
+
     try:
         loaded = _load(args.config)
     except ConfigError as exc:
@@ -209,8 +211,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     workers = args.workers if args.workers is not None else server.workers
+    if loaded.config.state.backend == "memory" and (problem := memory_workers_problem(workers)) is not None:
+        print(f"{args.config}: not serving: {problem}", file=sys.stderr)
+        return 1
     # Workers find the config through the environment: Granian imports the app in each worker.
     os.environ["TOLLWAY_CONFIG"] = str(Path(args.config).resolve())
+    os.environ[WORKERS_ENV] = str(workers)
 
     class TollwayServer(Server):  # type: ignore[misc,valid-type]
         """Granian's server, with SIGHUP meaning "reload the configuration" instead of "respawn

@@ -21,6 +21,7 @@ import msgspec
 from tollway.config._toml_lines import LineIndex, Path, format_path
 from tollway.config.schema import Config, SecretRef
 from tollway.errors import ConfigError
+from tollway.state.config import memory_workers_problem
 from tollway.usage.catalog import entry_problems as catalog_entry_problems
 
 KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -279,6 +280,10 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
         )
     for field_name, message in config.ledger.problems():
         p(("ledger", field_name), message)
+    if config.state.backend == "memory" and (problem := memory_workers_problem(server.workers)) is not None:
+        p(("server", "workers"), problem)
+    for field_name, message in config.state.problems():
+        p(("state", field_name), message)
     if not 0.0 <= config.tracing.sample_ratio <= 1.0:
         p(("tracing", "sample_ratio"), f"expected a number between 0 and 1, got {config.tracing.sample_ratio}")
     endpoint = config.tracing.otlp_endpoint

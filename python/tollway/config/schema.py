@@ -10,8 +10,10 @@ from typing import Literal
 
 import msgspec
 
+from tollway._secret_ref import SecretRef as SecretRef
 from tollway.policy.config import LimitsConfig, PolicyConfig
 from tollway.routing.config import RouteConfig, RoutingConfig
+from tollway.state.config import StateConfig
 from tollway.usage.catalog import ModelInfo
 from tollway.usage.ledger import LedgerConfig
 
@@ -30,13 +32,6 @@ PresetName = Literal[
     "ollama",
     "lmstudio",
 ]
-
-
-class SecretRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Where a secret comes from: `{ env = "VAR" }` or `{ file = "/path" }` (exactly one)."""
-
-    env: str | None = None
-    file: str | None = None
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -167,6 +162,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     catalog: list[ModelInfo] = []
     policies: list[PolicyConfig] = []
     limits: LimitsConfig = LimitsConfig()
+    state: StateConfig = StateConfig()
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

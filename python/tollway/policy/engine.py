@@ -19,6 +19,9 @@ Evaluation (per request, `PolicyEngine.evaluate`):
      catalog, or `[limits] default_max_output_tokens` when the request sets none;
    - dollar budgets: the worst-case cost of that (`tollway.usage.catalog.estimate_micro_usd`),
      in micro-USD; for an unpriced model, per the budget's `unpriced` rule.
+   `evaluate` asks the memory backend synchronously; `evaluate_async` serves any backend (the
+   Redis backend answers every take of the request in one round trip, and its answers may be
+   degraded: see `tollway.policy.state`).
 4. Settlement (`Admission.settle`, when the request ends): each reservation is replaced by the
    actual amount (tokens weighted as configured; cost in micro-USD, rounded up); a request that
    made no model call releases everything (`Admission.release`).
@@ -39,10 +42,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tollway._native import Denial, Grant, PolicySet
+from tollway._native import PolicySet
 from tollway.config._toml_lines import format_path
 from tollway.errors import ConfigError, PolicyError
 from tollway.policy.config import (
@@ -60,7 +63,16 @@ from tollway.policy.config import (
     parse_rate,
     parse_utc_offset,
 )
-from tollway.policy.state import Held, LimitSpec, MemoryBackend, Take
+from tollway.policy.state import (
+    AnyDenial,
+    AnyGrant,
+    Held,
+    LimitSpec,
+    MemoryBackend,
+    StateBackend,
+    StoreUnavailable,
+    Take,
+)
 from tollway.server.errors import ApiError
 from tollway.usage import Usage
 from tollway.usage.catalog import ModelInfo, estimate_micro_usd
@@ -270,6 +282,10 @@ def _limits(policy: PolicyConfig, per: tuple[str, ...]) -> list[LimitRule]:
             spec = LimitSpec(policy.name, "budget", limit, period_s=period, unit=unit, per=per)
             window = f"rolling {format_window(period)}"
         rules.append(LimitRule(spec, window, amounts, b))
+    # What each limit does when a shared store cannot decide: money fails closed by default.
+    for i, rule in enumerate(rules):
+        failure = policy.on_store_unavailable or ("fail_closed" if rule.spec.unit == "usd" else "fail_open")
+        rules[i] = replace(rule, spec=replace(rule.spec, store_failure=failure))
     return rules
 
 
@@ -411,7 +427,7 @@ class Admission:
         "verdicts",
     )
 
-    def __init__(self, backend: MemoryBackend | None = None) -> None:
+    def __init__(self, backend: StateBackend | None = None) -> None:
         self.verdicts: list[PolicyVerdict] = []
         self.headers: list[tuple[str, str]] = []
         self.denied: ApiError | None = None
@@ -471,7 +487,7 @@ class PolicyEngine:
         self,
         configs: Sequence[PolicyConfig] = (),
         limits: LimitsConfig | None = None,
-        backend: MemoryBackend | None = None,
+        backend: StateBackend | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.compiled = compile_policies(configs)
@@ -500,11 +516,33 @@ class PolicyEngine:
         )
 
     def evaluate(self, facts: RequestFacts) -> Admission:
+        """Evaluate with a backend that answers in process (the memory backend); a request
+        served by any backend uses `evaluate_async`."""
+        admission, plan = self._begin(facts)
+        if plan is None:
+            return admission
+        backend = self.backend
+        if not isinstance(backend, MemoryBackend):
+            raise TypeError(f"the `{backend.name}` state backend needs `evaluate_async`")
+        self._limits(plan, backend.admit(plan[0]) if plan[0] else True, facts, admission)
+        return admission
+
+    async def evaluate_async(self, facts: RequestFacts) -> Admission:
+        """`evaluate`, awaiting the backend's one admission call (Redis: one round trip)."""
+        admission, plan = self._begin(facts)
+        if plan is None:
+            return admission
+        self._limits(plan, await self.backend.admit_async(plan[0]) if plan[0] else True, facts, admission)
+        return admission
+
+    def _begin(self, facts: RequestFacts) -> tuple[Admission, _Plan | None]:
+        """Everything before the backend is asked: the admission so far, and the takes to ask
+        for (`None` when the request is decided without them)."""
         if not self.compiled.policies:
-            return Admission()
+            return Admission(), None
         matched = self._matches(self.compiled.matcher, self._params, facts)
         if not matched:
-            return Admission()
+            return Admission(), None
         admission = Admission(self.backend)
         policies = [self.compiled.policies[i] for i in matched]
         allowed: set[int] = set()
@@ -531,9 +569,8 @@ class PolicyEngine:
                         )
                     )
             admission.denied = first_denial[1]
-            return admission
-        self._limits(policies, facts, admission)
-        return admission
+            return admission, None
+        return admission, self._plan(policies, facts)
 
     # -- access and parameter rules ----------------------------------------------------------
     def _access_and_params(
@@ -641,12 +678,12 @@ class PolicyEngine:
             return min(bound, model_max) if model_max else bound
         return int(min(requested, model_max)) if model_max else int(requested)
 
-    def _limits(self, policies: Sequence[CompiledPolicy], facts: RequestFacts, admission: Admission) -> None:
-        # The per-request hot path when policies match: keep it to plain loops and lookups.
+    def _plan(self, policies: Sequence[CompiledPolicy], facts: RequestFacts) -> _Plan:
+        """The takes of every limit rule of the matched policies, in order, with what each
+        verdict needs. The per-request hot path when policies match: plain loops and lookups."""
         takes: list[Take] = []
         rules: list[tuple[CompiledPolicy, str, LimitRule, Take | None, str]] = []  # (.., partition, .., take, note)
         output_bound: int | None = None
-        backend = self.backend
         for policy in policies:
             partition = policy.partition(facts)
             enforce = policy.enforce
@@ -676,27 +713,32 @@ class PolicyEngine:
                 else:
                     needs_prompt = rule.amounts.count != "output"
                     amount = rule.amounts.estimate(facts.prompt_tokens() if needs_prompt else 0, output_bound)
-                if budget is not None:
-                    if budget.on_exceed == "audit":
-                        rules.append((policy, partition, rule, None, "audit"))
-                        continue
-                    if budget.on_exceed == "truncate":
-                        left = spec.limit - backend.used(spec, partition)
-                        if 0 < left < amount:
-                            amount = left
-                reserve = Take(spec, partition, amount, enforce)
+                if budget is not None and budget.on_exceed == "audit":
+                    # Only what is used is read; the actual usage is debited at settlement.
+                    peek = Take(spec, partition, 0, enforce, peek=True)
+                    takes.append(peek)
+                    rules.append((policy, partition, rule, peek, "audit"))
+                    continue
+                # A truncating budget reserves at most what is left (the request runs within it).
+                clip = budget is not None and budget.on_exceed == "truncate"
+                reserve = Take(spec, partition, amount, enforce, clip=clip)
                 takes.append(reserve)
                 rules.append((policy, partition, rule, reserve, ""))
-        admitted = backend.admit(takes) if takes else True
+        return takes, rules
+
+    def _limits(self, plan: _Plan, admitted: bool, facts: RequestFacts, admission: Admission) -> None:
+        """Verdicts, headers, holds and the error, from the backend's answers to the takes."""
+        rules = plan[1]
+        backend = self.backend
         now = self.clock()
-        tightest: dict[str, tuple[int, Grant, LimitRule]] = {}
+        tightest: dict[str, tuple[int, AnyGrant, LimitRule]] = {}
         denial: tuple[PolicyVerdict, ApiError] | None = None
         unpriced_denial: tuple[PolicyVerdict, ApiError] | None = None
         verdicts = admission.verdicts
         settle_now: list[tuple[Held, int | None]] = []
         for policy, partition, rule, take, note in rules:
             spec = rule.spec
-            if take is None:
+            if note:
                 if note == "unpriced":
                     verdict = _verdict(
                         policy,
@@ -713,23 +755,27 @@ class PolicyEngine:
                         )
                         unpriced_denial = (verdict, ApiError(403, "permission_error", "model_unpriced", message))
                 elif note == "audit":
-                    used = backend.used(spec, partition)
+                    assert take is not None
+                    used = take.used
                     verdicts.append(
                         _verdict(
                             policy,
                             rule,
                             partition,
-                            "audit" if used >= spec.limit else "allow",
-                            used=rule.display(used),
-                            detail="audit mode: recorded, never blocking",
+                            "audit" if used is not None and used >= spec.limit else "allow",
+                            used=rule.display(used) if used is not None else None,
+                            detail="audit mode: recorded, never blocking"
+                            + ("" if used is not None else "; the state store was unavailable"),
                         )
                     )
                     admission.hold(Held(spec, partition, None), rule, "debit")
                 else:
                     verdicts.append(_verdict(policy, rule, partition, "allow", detail=note))
                 continue
+            assert take is not None
             answer = take.answer
-            if isinstance(answer, Grant):
+            degraded = _DEGRADED_DETAIL.get(take.degraded) if take.degraded is not None else None
+            if isinstance(answer, AnyGrant):
                 if rule.budget is not None and rule.budget.on_exceed == "truncate":
                     cap = self._output_cap(rule, take.amount, facts)
                     if cap is not None and (admission.output_cap is None or cap < admission.output_cap[0]):
@@ -742,10 +788,11 @@ class PolicyEngine:
                         policy,
                         rule,
                         partition,
-                        "allow",
+                        "degraded_allow" if take.degraded == "fail_open" else "allow",
                         requested=rule.display(take.amount),
                         remaining=rule.display(answer.remaining),
                         resets_at=now + answer.reset_after,
+                        detail=degraded,
                     )
                 )
                 if admitted:
@@ -759,7 +806,7 @@ class PolicyEngine:
                         best = tightest.get(header_kind)
                         if best is None or answer.remaining < best[0]:
                             tightest[header_kind] = (answer.remaining, answer, rule)
-            elif isinstance(answer, Denial):
+            elif isinstance(answer, AnyDenial):
                 verdict = _verdict(
                     policy,
                     rule,
@@ -769,10 +816,18 @@ class PolicyEngine:
                     requested=rule.display(answer.requested),
                     retry_after_s=answer.retry_after,
                     resets_at=now + answer.retry_after if answer.retry_after is not None else None,
+                    detail=degraded,
                 )
                 verdicts.append(verdict)
                 if policy.enforce and denial is None:
                     denial = (verdict, self._limit_error(policy, rule, answer, take))
+            elif isinstance(answer, StoreUnavailable):
+                verdict = _verdict(
+                    policy, rule, partition, "degraded_deny" if policy.enforce else "would_deny", detail=degraded
+                )
+                verdicts.append(verdict)
+                if policy.enforce and denial is None:
+                    denial = (verdict, _store_unavailable_error(policy))
             else:
                 verdicts.append(
                     _verdict(policy, rule, partition, "not_evaluated", detail="an earlier policy denied the request")
@@ -810,7 +865,7 @@ class PolicyEngine:
         prompt_cost = facts.prompt_tokens() * info.input
         return max(0, math.floor((reserved - prompt_cost) / info.output)) if info.output > 0 else None
 
-    def _limit_error(self, policy: CompiledPolicy, rule: LimitRule, answer: Denial, take: Take) -> ApiError:
+    def _limit_error(self, policy: CompiledPolicy, rule: LimitRule, answer: AnyDenial, take: Take) -> ApiError:
         spec = rule.spec
         code, remedy = _KIND_CODES[spec.kind]
         used = _human(answer.used, spec.unit)
@@ -867,3 +922,23 @@ def _verdict(
         spec.unit,
         detail,
     )
+
+
+# The takes of one request and, per limit rule: (policy, partition, rule, take, note).
+_Plan = tuple[list[Take], list[tuple[CompiledPolicy, str, LimitRule, Take | None, str]]]
+
+_DEGRADED_DETAIL = {
+    "fail_open": 'state store unavailable: allowed (`on_store_unavailable = "fail_open"`)',
+    "fail_closed": 'state store unavailable: refused (`on_store_unavailable = "fail_closed"`)',
+    "local": "state store unavailable: decided on this process's share of the limit"
+    ' (`on_store_unavailable = "local"`)',
+}
+
+
+def _store_unavailable_error(policy: CompiledPolicy) -> ApiError:
+    """A 503, never a 429: the request was refused because the limit could not be checked."""
+    message = (
+        f"the gateway's shared state store is unavailable, and policy `{policy.name}` refuses requests it"
+        ' cannot check (`on_store_unavailable = "fail_closed"`). Retry shortly.'
+    )
+    return ApiError(503, "server_error", "state_store_unavailable", message, headers=(("retry-after", "1"),))

@@ -17,16 +17,26 @@ Semantics every backend keeps (the engine and the tests rely on them):
   admitted; token rates and budgets reserve an estimate, settled at the actual amount when the
   request ends (or released when it made no model call); concurrency takes a lease, released
   when it ends. Reservations and leases never settled expire (the limiters' time to live).
+- A take may ask the backend to `clip` its amount to what is left under the limit (truncating
+  budgets), or only to `peek` at what is used (audit budgets: nothing is taken), so that a
+  request's every look at its counters is the one backend call.
+
+Answers are the native `Grant` and `Denial`, or, from a backend that is not the native
+limiters, `StoreGrant` and `StoreDenial` with the same attributes (`AnyGrant`, `AnyDenial`).
+A backend whose store could not decide a take answers as the policy's `on_store_unavailable`
+says and marks the take `degraded` with that mode: `fail_open` grants, `fail_closed` answers
+`StoreUnavailable` (the engine refuses with a 503), `local` answers from a local share.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
 
 from tollway._native import BudgetWindow, ConcurrencyLimiter, Denial, Grant, TokenBucket
+from tollway.policy.config import StoreFailure
 
 LimitKind = Literal["rate", "tokens", "concurrency", "budget"]
 
@@ -45,6 +55,40 @@ class LimitSpec:
     utc_offset_s: int = 0
     unit: str = "requests"  # `requests`, `tokens`, `usd` (amounts in micro-USD), `in-flight`
     per: tuple[str, ...] = ()
+    # The policy's `on_store_unavailable`, resolved (a shared-store backend's concern; not part
+    # of the limit's identity: changing it keeps the counters).
+    store_failure: StoreFailure = field(default="fail_open", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreGrant:
+    """An admission from a backend other than the native limiters (same attributes as `Grant`)."""
+
+    id: int | None
+    remaining: int
+    reset_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDenial:
+    """A refusal from a backend other than the native limiters (same attributes as `Denial`)."""
+
+    kind: str
+    limit: int
+    window_seconds: float | None
+    burst: int
+    used: int
+    requested: int
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreUnavailable:
+    """The shared store could not decide, and the policy fails closed."""
+
+
+AnyGrant = Grant | StoreGrant
+AnyDenial = Denial | StoreDenial
 
 
 @dataclass(slots=True)
@@ -53,14 +97,38 @@ class Take:
 
     spec: LimitSpec
     partition: str
-    amount: int
+    amount: int  # the backend lowers it when `clip` asks
     enforce: bool  # False: shadow mode
+    clip: bool = False  # budgets: take at most what is left under the limit (when some is left)
+    peek: bool = False  # take nothing; report what is used in `used`
     # Filled by the backend:
-    answer: Grant | Denial | None = None
+    answer: Grant | Denial | StoreGrant | StoreDenial | StoreUnavailable | None = None
+    used: int | None = None
+    degraded: StoreFailure | None = None  # the store could not decide: what the policy did
 
     @property
     def admitted(self) -> bool:
-        return isinstance(self.answer, Grant)
+        return isinstance(self.answer, AnyGrant)
+
+
+class StateBackend(Protocol):
+    """What the policy engine needs from a backend (`MemoryBackend`, `tollway.state.redis.RedisBackend`)."""
+
+    name: str
+
+    def prepare(self, specs: Sequence[LimitSpec]) -> None:
+        """A (new) configuration's limits: counters of unchanged limits are kept."""
+
+    async def admit_async(self, takes: Sequence[Take]) -> bool:
+        """Apply a request's takes, all or none; False if the request is denied."""
+        ...
+
+    def settle(self, items: Sequence[tuple[Held, int | None]]) -> None:
+        """End holds: `(held, actual)` settles at `actual`; `(held, None)` releases. Never waits."""
+
+    def status(self) -> dict[str, Any]:
+        """The backend and whether its store is available, for `/readyz`."""
+        ...
 
 
 class Held(NamedTuple):
@@ -166,6 +234,13 @@ class MemoryBackend:
         made: list[tuple[MemoryLimit, int]] = []
         for take in takes:
             limit = self.limit(take.spec)
+            if take.peek:
+                take.used = limit.used(take.partition, now)
+                continue
+            if take.clip:
+                left = take.spec.limit - limit.used(take.partition, now)
+                if 0 < left < take.amount:
+                    take.amount = left
             answer = limit.take(take.partition, take.amount, now)
             take.answer = answer
             if isinstance(answer, Grant):
@@ -177,8 +252,16 @@ class MemoryBackend:
                 return False
         return True
 
+    async def admit_async(self, takes: Sequence[Take]) -> bool:
+        """`admit`, for callers that serve any backend (this one never waits)."""
+        return self.admit(takes)
+
     def used(self, spec: LimitSpec, partition: str) -> int:
         return self.limit(spec).used(partition, self.clock())
+
+    def status(self) -> dict[str, Any]:
+        """For `/readyz`."""
+        return {"backend": self.name, "available": True}
 
     def settle(self, items: Sequence[tuple[Held, int | None]]) -> None:
         """End holds: `(held, actual)` settles at `actual`; `(held, None)` releases."""

@@ -130,11 +130,13 @@ class Gateway:
         self.backend: StateBackend = MemoryBackend(lease_ttl_s=lease_ttl_s)
         self.shared_state: RedisBackend | None = None
         if config.state.backend == "redis":
+            from tollway.state.config import WORKERS_ENV
             from tollway.state.redis import RedisBackend
 
             # Connections are opened in `startup`, in the worker process.
+            workers = int(os.environ.get(WORKERS_ENV) or config.server.workers)
             self.backend = self.shared_state = RedisBackend(
-                config.state, lease_ttl_s=lease_ttl_s, workers=config.server.workers, base_dir=self.base_dir
+                config.state, lease_ttl_s=lease_ttl_s, workers=workers, base_dir=self.base_dir
             )
         self.runtime: Runtime | None = None
         self.metrics = GatewayMetrics(models=[*(m.name for m in config.models), *(r.name for r in config.routes)])
