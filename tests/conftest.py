@@ -11,14 +11,17 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,3 +260,105 @@ def openai_client(gateway: Server) -> Iterator[object]:
     yield client
     with contextlib.suppress(Exception):
         client.close()
+
+
+# -- Redis (the shared state backend) --------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A `redis-server` of the test session's own: loopback, a free port, no persistence."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    binary: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL: the port refuses connections until `restart`."""
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def restart(self) -> None:
+        """A new server on the same port, empty."""
+        if self.proc.poll() is None:
+            self.kill()
+        self.proc = _spawn_redis(self.binary, self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
+        stop(self.proc, timeout=5)
+
+
+def _spawn_redis(binary: str, port: int) -> subprocess.Popen[bytes]:
+    # Its log goes to a file rather than a pipe nobody reads (a full pipe would stall it).
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_redis(proc, port)
+        except BaseException:
+            log.seek(0)
+            raise RuntimeError(f"redis-server did not start:\n{log.read().decode(errors='replace')}") from None
+    return proc
+
+
+def _wait_redis(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(5)
+    raise TimeoutError(f"redis-server on port {port} not ready within 10 s")
+
+
+def start_redis() -> RedisServer:
+    """Start a `redis-server` (from the system package). Skipped when it is not installed,
+    except in CI (`$CI` set), where a skipped Redis test would hide a broken environment."""
+    binary = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)), None
+    )
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server); the Redis backend is untested"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI requires it)", pytrace=False)
+        pytest.skip(message)
+    port = free_port()
+    return RedisServer(port, _spawn_redis(binary, port), binary)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One Redis for the session; tests use their own key prefix or flush it."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis for one test, which may kill, freeze or restart it."""
+    server = start_redis()
+    yield server
+    server.stop()
