@@ -285,7 +285,7 @@ class ModelRequest:
         primary = plan.candidates[0]
         rec.provider, rec.upstream_model = primary.provider, primary.model
         if len(self.rt.policies):
-            self.admission = admission = self.rt.policies.evaluate(self._facts(identity, parsed, primary))
+            self.admission = admission = await self.rt.policies.evaluate_async(self._facts(identity, parsed, primary))
             rec.decisions = admission.verdicts
             if admission.denied is not None:
                 raise Reject(admission.denied)

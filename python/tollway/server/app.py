@@ -30,7 +30,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
@@ -45,7 +45,7 @@ from tollway.observability.metrics import GatewayMetrics
 from tollway.observability.tracing import Tracer
 from tollway.pipeline import ModelRequest, Reject, model_config_for
 from tollway.policy.engine import PolicyEngine
-from tollway.policy.state import MemoryBackend
+from tollway.policy.state import MemoryBackend, StateBackend
 from tollway.providers import ProviderAdapter, build_adapters
 from tollway.routing import Router, RoutingError, Target
 from tollway.server import admin
@@ -55,6 +55,9 @@ from tollway.usage.accounting import ModelAccounting
 from tollway.usage.catalog import Catalog
 from tollway.usage.ledger import Ledger, LedgerConfig
 from tollway.usage.record import UsageRecord
+
+if TYPE_CHECKING:
+    from tollway.state.redis import RedisBackend
 
 log = logging.getLogger("tollway")
 
@@ -76,9 +79,7 @@ def new_request_id() -> str:
 class Runtime:
     """Everything derived from one configuration, replaced whole by a reload."""
 
-    def __init__(
-        self, loaded: LoadedConfig, client: UpstreamClient | None, backend: MemoryBackend, digest: str
-    ) -> None:
+    def __init__(self, loaded: LoadedConfig, client: UpstreamClient | None, backend: StateBackend, digest: str) -> None:
         config = loaded.config
         self.loaded = loaded
         self.config = config
@@ -125,7 +126,18 @@ class Gateway:
         self.digest = digest
         self.base_dir = loaded.path.parent
         # Leases and reservations outlive any request (the routing deadline), then expire.
-        self.backend = MemoryBackend(lease_ttl_s=config.routing.deadline_s + 60)
+        lease_ttl_s = config.routing.deadline_s + 60
+        self.backend: StateBackend = MemoryBackend(lease_ttl_s=lease_ttl_s)
+        self.shared_state: RedisBackend | None = None
+        if config.state.backend == "redis":
+            from tollway.state.config import WORKERS_ENV
+            from tollway.state.redis import RedisBackend
+
+            # Connections are opened in `startup`, in the worker process.
+            workers = int(os.environ.get(WORKERS_ENV) or config.server.workers)
+            self.backend = self.shared_state = RedisBackend(
+                config.state, lease_ttl_s=lease_ttl_s, workers=workers, base_dir=self.base_dir
+            )
         self.runtime: Runtime | None = None
         self.metrics = GatewayMetrics(models=[*(m.name for m in config.models), *(r.name for r in config.routes)])
         self.access_log = AccessLog() if config.logging.access_log else None
@@ -168,6 +180,11 @@ class Gateway:
         # Built here, in the worker process: the writer is a thread, and threads do not survive fork.
         self.ledger = Ledger(_ledger_config(config.ledger, self.base_dir))
         self.metrics.attach_ledger(self.ledger.stats)
+        if self.shared_state is not None:
+            from tollway.state.redis import attach_metrics
+
+            attach_metrics(self.metrics.registry, self.shared_state)
+            await self.shared_state.start(self.ledger, lambda: self.runtime.policies if self.runtime else None)
         self.tracer = Tracer.from_config(config.tracing, {p.name: p.kind for p in config.providers})
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -185,6 +202,8 @@ class Gateway:
             await self.client.close()
         if self.access_log is not None:
             self.access_log.flush()
+        if self.shared_state is not None:
+            await self.shared_state.close()
         if self.ledger is not None and not self.ledger.close(timeout=10.0):
             log.error("the usage ledger did not finish writing within 10 s; some records may be lost")
         if self.tracer is not None:
@@ -442,7 +461,7 @@ class Gateway:
                 "providers": len(runtime.adapters),
                 "models": len(runtime.models),
                 "policies": len(runtime.policies),
-                "state": self.backend.name,
+                "state": self.backend.status(),
             }
         )
         proto.response_bytes(200, [_JSON, ("x-request-id", request_id)], body)
