@@ -333,17 +333,24 @@ def _wait_redis(proc: subprocess.Popen[bytes], port: int) -> None:
     raise TimeoutError(f"redis-server on port {port} not ready within 10 s")
 
 
-def start_redis() -> RedisServer:
-    """Start a `redis-server` (from the system package). Skipped when it is not installed,
-    except in CI (`$CI` set), where a skipped Redis test would hide a broken environment."""
-    binary = shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)), None
+def redis_tool(name: str) -> str:
+    """The path of `redis-server` or `redis-cli` (the system package). Skips the test when it
+    is missing, except in CI (`$CI` set), where a skipped Redis test would hide a broken
+    environment: there it fails."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/bin/{name}", f"/usr/local/bin/{name}") if os.path.exists(p)), None
     )
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server); the Redis backend is untested"
+    if found is None:
+        message = f"{name} is not installed (apt-get install redis-server); the Redis backend is untested"
         if os.environ.get("CI"):
             pytest.fail(message + " (CI requires it)", pytrace=False)
         pytest.skip(message)
+    return found
+
+
+def start_redis() -> RedisServer:
+    """Start a `redis-server` on a free port (see `redis_tool` for when it is not installed)."""
+    binary = redis_tool("redis-server")
     port = free_port()
     return RedisServer(port, _spawn_redis(binary, port), binary)
 
@@ -362,3 +369,59 @@ def own_redis() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
     server.stop()
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of three primaries (no replicas) on free loopback ports."""
+
+    nodes: list[subprocess.Popen[bytes]]
+    ports: list[int]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def stop(self) -> None:
+        for proc in self.nodes:
+            stop(proc, timeout=5)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    binary, cli = redis_tool("redis-server"), redis_tool("redis-cli")
+    workdir = tmp_path_factory.mktemp("redis-cluster")
+    ports = [free_port() for _ in range(3)]
+    nodes = [
+        subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(workdir),
+             # The bus port defaults to port + 10000, which may be taken or past 65535.
+             "--cluster-port", str(free_port())],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]  # fmt: skip
+    cluster = RedisCluster(nodes, ports)
+    try:
+        for proc, port in zip(nodes, ports, strict=True):
+            _wait_redis(proc, port)
+        create = [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0"]
+        subprocess.run(
+            [*create, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, timeout=5)
+            if b"cluster_state:ok" in info.stdout:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Redis Cluster did not become ready: {info.stdout.decode()}")
+            time.sleep(0.1)
+        yield cluster
+    finally:
+        cluster.stop()

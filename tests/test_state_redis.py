@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RedisServer
+from conftest import RedisCluster, RedisServer
 from tollway._native import Denial, Grant
 from tollway.policy.config import PolicyConfig
 from tollway.policy.engine import PolicyEngine
@@ -433,3 +433,50 @@ def test_budgets_are_rebuilt_from_the_ledger_after_flushall(redis_server: RedisS
         run(scenario())
     finally:
         ledger.close()
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------------
+
+
+def test_redis_cluster_runs_one_script_per_partition_and_keeps_all_or_none(redis_cluster: RedisCluster) -> None:
+    from redis.crc import key_slot
+
+    async def scenario() -> None:
+        state = StateConfig(backend="redis", url=redis_cluster.url, cluster=True, timeout_ms=2000)
+        b = RedisBackend(state, lease_ttl_s=TTL_S)
+        rate = LimitSpec("c-rate", "rate", 2, 60.0, 2)
+        lease = LimitSpec("c-lease", "concurrency", 5)
+        budget = LimitSpec("c-budget", "budget", 100, calendar="day", unit="tokens")
+        b.prepare([rate, lease, budget])
+        # Three partitions, three slots: a script touching them together would be refused.
+        slots = {key_slot(b.keys(spec, part)[0].encode()) for spec, part in ((lease, "team=x"), (budget, "user=u"))}
+        assert len(slots | {key_slot(b.keys(rate, "key=a")[0].encode())}) == 3
+
+        def takes() -> list[Take]:
+            return [Take(lease, "team=x", 1, True), Take(budget, "user=u", 30, True), Take(rate, "key=a", 1, True)]
+
+        try:
+            await b.start()
+            held = []
+            for _ in range(2):
+                admitted = takes()
+                assert await b.admit_async(admitted)
+                assert all(t.degraded is None for t in admitted)
+                held.append(admitted)
+            # The rate's slot denies the third request: what the other slots took is given back.
+            denied = takes()
+            assert not await b.admit_async(denied)
+            assert isinstance(denied[2].answer, StoreDenial)
+            await b.drain()
+            assert await b.used_async(lease, "team=x") == 2
+            assert await b.used_async(budget, "user=u") == 60
+            # Settlement of a request spread over slots: one script per slot, in the background.
+            first = held[0]
+            b.settle([(Held(t.spec, t.partition, t.answer.id), 10) for t in first[:2]])  # type: ignore[union-attr]
+            await b.drain()
+            assert await b.used_async(lease, "team=x") == 1
+            assert await b.used_async(budget, "user=u") == 40
+        finally:
+            await b.close()
+
+    run(scenario())

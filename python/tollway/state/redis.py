@@ -703,9 +703,13 @@ class RedisBackend:
                 await self._eval_raw("HDEL", self.marker, "r")
                 applied = sum(max(0, int(r)) for r in results)
         except _STORE_ERRORS as exc:
+            # Seen as new again by the next call, which retries.
             self._seeded.discard(generation)
-            log.warning("state store: rebuilding budgets failed (%s); retried at the next new generation", exc)
+            if self.generation == generation:
+                self.generation = None
+            log.warning("state store: rebuilding budgets failed (%s); retried at the next call", exc)
             return
+        self._rebuilding = False
         log.info("state store: budgets rebuilt from the ledger (%s seeds applied)", applied)
 
     def _seed_args(self, seed: Seed, keys: list[str], args: list[str]) -> None:
