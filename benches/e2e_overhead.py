@@ -14,6 +14,9 @@ Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `bare`: ledger, metrics and access log off: what the accounting costs is the difference.
 - `policies`: 100 policies, 5 of which match each request (request rate, token rate,
   concurrency, a token budget, parameter bounds): what admission and settlement cost.
+- `redis-policies`: the same policies with their counters in Redis (`[state] backend =
+  "redis"`, a `redis-server` the bench starts on loopback): one script call per request to
+  admit and one to settle. Its CPU per request is printed too (the scripts run there).
 - `no-ledger`, `no-metrics`, `no-access-log`: one part of the accounting off at a time.
 """
 
@@ -111,6 +114,30 @@ def _hundred_policies() -> str:
 
 
 VARIANTS["policies"] = _hundred_policies()
+VARIANTS["redis-policies"] = _hundred_policies() + '[state]\nbackend = "redis"\nurl = "{redis_url}"\n'
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A `redis-server` on a free loopback port, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is required for the redis variants: apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
 
 
 def start_gateway(up_port: int, extra: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -174,13 +201,18 @@ def main() -> None:
         stderr=subprocess.STDOUT,
     )
     workdir = Path(tempfile.mkdtemp())
+    redis: subprocess.Popen[bytes] | None = None
+    redis_url = ""
+    if any("{redis_url}" in VARIANTS[v] for v in variants):
+        redis, redis_url = start_redis()
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models", upstream)
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         print(f"tollway e2e overhead: {args.duration}s per run, wrk -t1, one gateway worker, mock upstream")
         results: dict[str, dict[str, float]] = {}
         for i, variant in enumerate(variants):
-            gateway, gw_port = start_gateway(up_port, VARIANTS[variant], workdir)
+            gateway, gw_port = start_gateway(up_port, VARIANTS[variant].replace("{redis_url}", redis_url), workdir)
+            uses_redis = redis is not None and "{redis_url}" in VARIANTS[variant]
             through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
             try:
                 shapes = (
@@ -192,9 +224,15 @@ def main() -> None:
                     wrk(through, body, 4, 2, True)  # warm the pool and the caches
                     d_tp = wrk(direct, body, args.connections, args.duration, False)
                     cpu_before = cpu_seconds(gateway.pid)
+                    redis_before = cpu_seconds(redis.pid) if uses_redis and redis is not None else 0.0
                     g_tp = wrk(through, body, args.connections, args.duration, True)
                     # CPU the gateway spent per request: robust to what else the machine runs.
                     cpu_us = (cpu_seconds(gateway.pid) - cpu_before) / (g_tp["rps"] * args.duration) * 1e6
+                    redis_us = (
+                        (cpu_seconds(redis.pid) - redis_before) / (g_tp["rps"] * args.duration) * 1e6
+                        if uses_redis and redis is not None
+                        else 0.0
+                    )
                     d_lat = wrk(direct, body, 1, args.duration, False)
                     g_lat = wrk(through, body, 1, args.duration, True)
                     if label == "non-streaming":
@@ -203,6 +241,7 @@ def main() -> None:
                             "rps": g_tp["rps"],
                             "share": g_tp["rps"] / d_tp["rps"],
                             "added_p50": g_lat["p50_ms"] - d_lat["p50_ms"],
+                            "redis_us": redis_us,
                         }
                     print(f"\n[{variant}: {label}]")
                     print(
@@ -210,6 +249,8 @@ def main() -> None:
                         f"tollway {g_tp['rps']:9.0f} req/s   (tollway/direct = {g_tp['rps'] / d_tp['rps']:.2f})"
                     )
                     print(f"  gateway CPU per request: {cpu_us:.1f} us")
+                    if uses_redis:
+                        print(f"  redis-server CPU per request: {redis_us:.1f} us")
                     print(
                         f"  1 connection:   direct p50 {d_lat['p50_ms']:.3f} ms p99 {d_lat['p99_ms']:.3f} ms   "
                         f"tollway p50 {g_lat['p50_ms']:.3f} ms p99 {g_lat['p99_ms']:.3f} ms"
@@ -229,9 +270,12 @@ def main() -> None:
                     f"  {name:>13}: {r['rps']:6.0f} req/s ({r['share']:.2f} of direct, "
                     f"{r['rps'] / base['rps']:.3f}x {base_name})   added p50 {r['added_p50']:.3f} ms   "
                     f"gateway CPU {r['cpu_us']:.1f} us/request ({r['cpu_us'] / base['cpu_us']:.3f}x)"
+                    + (f" + redis-server {r['redis_us']:.1f} us" if r["redis_us"] else "")
                 )
     finally:
         stop(upstream)
+        if redis is not None:
+            stop(redis)
 
 
 if __name__ == "__main__":

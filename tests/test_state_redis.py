@@ -449,8 +449,8 @@ def test_redis_cluster_runs_one_script_per_partition_and_keeps_all_or_none(redis
         budget = LimitSpec("c-budget", "budget", 100, calendar="day", unit="tokens")
         b.prepare([rate, lease, budget])
         # Three partitions, three slots: a script touching them together would be refused.
-        slots = {key_slot(b.keys(spec, part)[0].encode()) for spec, part in ((lease, "team=x"), (budget, "user=u"))}
-        assert len(slots | {key_slot(b.keys(rate, "key=a")[0].encode())}) == 3
+        slots = {key_slot(b.keys(spec, part)[0]) for spec, part in ((lease, "team=x"), (budget, "user=u"))}
+        assert len(slots | {key_slot(b.keys(rate, "key=a")[0])}) == 3
 
         def takes() -> list[Take]:
             return [Take(lease, "team=x", 1, True), Take(budget, "user=u", 30, True), Take(rate, "key=a", 1, True)]
@@ -480,3 +480,38 @@ def test_redis_cluster_runs_one_script_per_partition_and_keeps_all_or_none(redis
             await b.close()
 
     run(scenario())
+
+
+def test_password_and_database_from_the_config(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tollway._secret_ref import SecretRef
+
+    secret = "s3cret-redis-password-9f1c"
+    own_redis.client().config_set("requirepass", secret)
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", secret)
+
+    async def scenario(password_env: str) -> Take:
+        state = StateConfig(
+            backend="redis",
+            url=f"redis://127.0.0.1:{own_redis.port}/3",
+            password=SecretRef(env=password_env),
+            timeout_ms=1000,
+        )
+        b = RedisBackend(state, lease_ttl_s=TTL_S)
+        b.prepare(SPECS)
+        take = Take(SPECS[0], "key=pw", 1, True)
+        try:
+            await b.admit_async([take])
+        finally:
+            await b.close()
+        return take
+
+    assert run(scenario("TEST_REDIS_PASSWORD")).degraded is None
+    import redis
+
+    client = redis.Redis(port=own_redis.port, password=secret, db=3)
+    assert client.keys("tollway:{key=pw}:*")
+    monkeypatch.setenv("WRONG_REDIS_PASSWORD", "not-it")
+    assert run(scenario("WRONG_REDIS_PASSWORD")).degraded == "fail_open"
+    assert secret not in caplog.text and "not-it" not in caplog.text

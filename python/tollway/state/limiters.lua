@@ -18,6 +18,8 @@
 --            whose clock is behind must not hand out capacity twice)
 --   n        the last reservation id handed out (the first is now x 1024 + 1, so ids stay
 --            unique across a loss of the key, below 2^53 until the year 2245)
+--   e        no reservation or lease expires before this ms (absent: none outstanding), so
+--            the sorted set is searched for expired ones only when one may be due
 --   r<id>    one outstanding reservation: its estimate (token buckets) or
 --            `estimate:window-index` (budgets); concurrency leases are sorted-set members only
 --   a, b, h  token buckets: the theoretical arrival time as ms `a` plus `b` ticks (0 <= b <
@@ -186,9 +188,8 @@ end
 -- Reservation bookkeeping: changes to `r<id>` fields and to the sorted set, applied at commit.
 local function forget(lim, id)
   if lim.kind ~= 'c' then
-    local field = 'r' .. id
-    lim.h[field] = nil
-    lim.fields[field] = false
+    lim.records[id] = false
+    lim.fields['r' .. id] = false
   end
   if lim.zadd[id] ~= nil then
     lim.zadd[id] = nil
@@ -198,11 +199,30 @@ local function forget(lim, id)
 end
 
 local function remember(lim, id, value, expires_at)
-  local field = 'r' .. id
-  lim.h[field] = value
-  lim.fields[field] = value
+  if value ~= nil then
+    lim.records[id] = value
+    lim.fields['r' .. id] = value
+  end
   lim.zadd[id] = expires_at
+  if lim.e == nil or expires_at < lim.e then
+    lim.e = expires_at
+  end
 end
+
+-- Reservation `id`'s record, read once per script (a hash holds one field per reservation
+-- outstanding, so the state is read field by field, never whole).
+local function record(lim, id)
+  local value = lim.records[id]
+  if value == nil then
+    value = redis.call('HGET', lim.s, 'r' .. id)
+    lim.records[id] = value
+  end
+  return value or nil
+end
+
+local STATE_FIELDS = {
+  r = {'t', 'n', 'a', 'b', 'h'}, t = {'t', 'n', 'e', 'a', 'b', 'h'}, c = {'t', 'n', 'e'}, k = {'t', 'n', 'e', 'w', 'u'},
+}
 
 local function new_id(lim)
   local n = lim.n or (lim.now * 1024)
@@ -212,10 +232,19 @@ end
 
 -- Load one limit at one partition and bring it to `now` (the latest time the key has seen).
 local function open(kind, skey, rkey, p1, p2, p3, ttl, now, real_time)
-  local raw = redis.call('HGETALL', skey)
+  local fields = STATE_FIELDS[kind]
+  if fields == nil then
+    fields = {'t', 'n', 'e', 'x', 'y'}
+    for k = 0, p3 do
+      fields[#fields + 1] = 's' .. k
+    end
+  end
+  local values = redis.call('HMGET', skey, unpack(fields))
   local h = {}
-  for i = 1, #raw, 2 do
-    h[raw[i]] = raw[i + 1]
+  for i, field in ipairs(fields) do
+    if values[i] then
+      h[field] = values[i]
+    end
   end
   local seen = tonumber(h.t)
   if seen ~= nil and seen > now then
@@ -223,14 +252,27 @@ local function open(kind, skey, rkey, p1, p2, p3, ttl, now, real_time)
   end
   local lim = {
     kind = kind, s = skey, r = rkey, p1 = p1, p2 = p2, p3 = p3, ttl = ttl, now = now, h = h,
-    real_time = real_time, n = tonumber(h.n), fields = {}, zadd = {}, zrem = {}, changed = false,
+    real_time = real_time, n = tonumber(h.n), e = tonumber(h.e), fields = {}, records = {}, zadd = {}, zrem = {},
+    changed = false, expired = false,
   }
+  -- Something may have expired: the sorted set is searched, and `e` moves to the next expiry.
+  local due = lim.e ~= nil and lim.e <= now
+  if due then
+    local following = redis.call('ZRANGEBYSCORE', rkey, '(' .. fmt(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    lim.e = tonumber(following[2])
+    lim.changed = true
+  end
   if kind == 'r' or kind == 't' then
     lim.ta = tonumber(h.a)
     lim.tr = tonumber(h.b) or 0
     lim.hd = tonumber(h.h) or 0
   elseif kind == 'c' then
-    lim.live = redis.call('ZCOUNT', rkey, '(' .. fmt(now), '+inf')
+    if due then
+      lim.live = redis.call('ZCOUNT', rkey, '(' .. fmt(now), '+inf')
+      lim.expired = true
+    else
+      lim.live = redis.call('ZCARD', rkey)
+    end
   elseif kind == 'k' then
     local index, first, following = calendar(p2, p3, now)
     lim.start, lim.stop = first, following
@@ -265,16 +307,15 @@ local function open(kind, skey, rkey, p1, p2, p3, ttl, now, real_time)
       lim.nw = index
     end
   end
-  if kind == 't' or kind == 'k' or kind == 'w' then
-    local due = redis.call('ZRANGEBYSCORE', rkey, '-inf', fmt(now), 'WITHSCORES')
-    for i = 1, #due, 2 do
-      local id = due[i]
-      local held = h['r' .. id]
+  if due and kind ~= 'c' then
+    local expired = redis.call('ZRANGEBYSCORE', rkey, '-inf', fmt(now), 'WITHSCORES')
+    for i = 1, #expired, 2 do
+      local id = expired[i]
+      local held = record(lim, id)
       if kind == 't' and held ~= nil then
-        bucket_expire(lim, tonumber(due[i + 1]), tonumber(held))
+        bucket_expire(lim, tonumber(expired[i + 1]), tonumber(held))
       end
       forget(lim, id)
-      lim.changed = true
     end
   end
   return lim
@@ -339,7 +380,7 @@ local function reserve(lim, amount)
     lim.live = lim.live + 1
     lim.changed = true
     local id = new_id(lim)
-    lim.zadd[id] = now + lim.ttl
+    remember(lim, id, nil, now + lim.ttl)
     return {1, id, lim.p1 - lim.live, lim.ttl, amount}
   end
   local limit = lim.p1
@@ -411,23 +452,23 @@ local function finish(lim, id, actual)
     lim.changed = true
     return true
   end
-  local record = lim.h['r' .. id]
-  if record == nil then
+  local held = record(lim, id)
+  if held == nil then
     return false
   end
   forget(lim, id)
   lim.changed = true
   if kind == 't' then
-    local estimate = tonumber(record)
+    local estimate = tonumber(held)
     bucket_release(lim, estimate)
     if actual >= 0 then
       bucket_debit(lim, actual)
     end
     return true
   end
-  local sep = string.find(record, ':', 1, true)
-  local estimate = tonumber(string.sub(record, 1, sep - 1))
-  local index = tonumber(string.sub(record, sep + 1))
+  local sep = string.find(held, ':', 1, true)
+  local estimate = tonumber(string.sub(held, 1, sep - 1))
+  local index = tonumber(string.sub(held, sep + 1))
   if actual < 0 then
     refund(lim, index, estimate)
   elseif actual < estimate then
@@ -480,6 +521,12 @@ local function commit(lim)
   if lim.n ~= nil then
     set[#set + 1] = 'n'
     set[#set + 1] = fmt(lim.n)
+  end
+  if lim.e ~= nil then
+    set[#set + 1] = 'e'
+    set[#set + 1] = fmt(lim.e)
+  elseif lim.h.e ~= nil then
+    del[#del + 1] = 'e'
   end
   local keep
   if kind == 'r' or kind == 't' then
@@ -539,7 +586,7 @@ local function commit(lim)
   if #gone > 0 then
     redis.call('ZREM', lim.r, unpack(gone))
   end
-  if kind == 'c' then
+  if lim.expired then
     redis.call('ZREMRANGEBYSCORE', lim.r, '-inf', fmt(now))
   end
   local added = {}
@@ -554,6 +601,9 @@ local function commit(lim)
   if lim.real_time then
     keep = fmt(keep + MARGIN_MS)
     redis.call('PEXPIRE', lim.s, keep)
-    redis.call('PEXPIRE', lim.r, keep)
+    if #added > 0 then
+      -- Members only leave the set after that, so its expiry needs no later refresh.
+      redis.call('PEXPIRE', lim.r, keep)
+    end
   end
 end

@@ -13,8 +13,12 @@ Round trips
 -----------
 - Admission: **one** `EVALSHA` per request carries every take of every matched policy (and the
   marker check below); nothing is written unless the request is admitted.
-- Settlement: one `EVALSHA` per finished request carries every reservation to settle or
-  release, sent from a background task (off the request path; `close` waits for them).
+- Settlement: one `EVALSHA` carries every reservation to settle or release of the requests
+  that ended in the same event-loop iteration (one request's, when idle; many under load),
+  sent from a background task (off the request path; `close` waits for them).
+- A single Redis is reached through `tollway.state._resp.RespClient`: one pipelined
+  connection per worker, pre-encoded arguments (redis-py's pool and encoder cost more CPU per
+  command than the rest of admission); Redis Cluster through redis-py's cluster client.
 - Request rates are final at admission (a bucket take of 1 with nothing held), so they have
   nothing to settle.
 
@@ -86,7 +90,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
@@ -104,6 +107,7 @@ from tollway.policy.state import (
     StoreUnavailable,
     Take,
 )
+from tollway.state._resp import NoScript, RespClient, RespError, Unavailable
 from tollway.state.config import StateConfig
 from tollway.state.rebuild import Seed, describe_generation, ledger_seeds, rolling_geometry
 
@@ -117,11 +121,15 @@ log = logging.getLogger("tollway.state")
 # Exact integer arithmetic in Lua (doubles) needs every tick count below 2^53; a bucket's
 # capacity in ticks is kept under 2^50 to leave room for debt.
 MAX_CAPACITY_TICKS = 1 << 50
-_CALENDAR_CODES = {"day": "0", "week": "1", "month": "2"}
+_CALENDAR_CODES = {"day": b"0", "week": b"1", "month": b"2"}
 _DENIAL_KINDS = {"rate": "tokens", "tokens": "tokens", "concurrency": "concurrency", "budget": "budget"}
 # How long a ledger's once-per-generation flag is kept: longer than any budget window.
 _SEEDED_FLAG_MS = 40 * 86_400_000
-_STORE_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
+# Most settlements per script call (one call carries those of many requests under load).
+_SETTLE_BATCH = 128
+# Key names remembered per (limit, partition) before the memo starts over.
+_KEY_NAMES_KEPT = 50_000
+_STORE_ERRORS = (RespError, redis_errors.RedisError, OSError, TimeoutError)
 
 
 def _script(name: str) -> str:
@@ -133,13 +141,13 @@ class Script:
     """A server-side script: `limiters.lua` followed by the operation's file."""
 
     name: str
-    text: str
-    sha: str
+    text: bytes
+    sha: bytes  # hex, as EVALSHA takes it
 
     @classmethod
     def load(cls, name: str) -> Script:
-        text = _script("limiters.lua") + "\n" + _script(name)
-        return cls(name, text, hashlib.sha1(text.encode()).hexdigest())
+        text = (_script("limiters.lua") + "\n" + _script(name)).encode()
+        return cls(name, text, hashlib.sha1(text).hexdigest().encode())
 
 
 ADMIT = Script.load("admit.lua")
@@ -179,7 +187,7 @@ class CompiledLimit:
 
     spec: LimitSpec
     digest: str
-    args: tuple[str, str, str, str]  # kind code, p1, p2, p3 (see limiters.lua)
+    args: tuple[bytes, bytes, bytes, bytes]  # kind code, p1, p2, p3 (see limiters.lua)
     window_s: float | None  # a denial's window for rates (budgets: the script's)
     burst: int
     failure: StoreFailure
@@ -207,15 +215,15 @@ def compile_limit(spec: LimitSpec, divisor: int) -> CompiledLimit:
                     " or round numbers"
                 ]
             )
-        args = ("r" if spec.kind == "rate" else "t", str(limit), str(period), str(burst))
+        args = (b"r" if spec.kind == "rate" else b"t", b"%d" % limit, b"%d" % period, b"%d" % burst)
         window_s = period_ms / 1000
     elif spec.kind == "concurrency":
-        args = ("c", str(spec.limit), "0", "0")
+        args = (b"c", b"%d" % spec.limit, b"0", b"0")
     elif spec.calendar is not None:
-        args = ("k", str(spec.limit), _CALENDAR_CODES[spec.calendar], str(spec.utc_offset_s))
+        args = (b"k", b"%d" % spec.limit, _CALENDAR_CODES[spec.calendar], b"%d" % spec.utc_offset_s)
     else:
         window_ms, buckets = rolling_geometry(spec)
-        args = ("w", str(spec.limit), str(window_ms), str(buckets))
+        args = (b"w", b"%d" % spec.limit, b"%d" % window_ms, b"%d" % buckets)
     return CompiledLimit(spec, limit_digest(spec), args, window_s, burst, spec.store_failure, local_spec)
 
 
@@ -299,7 +307,7 @@ class RedisBackend:
         self.ttl_ms = round(lease_ttl_s * 1000)
         self.prefix = config.key_prefix
         self.cluster = config.cluster
-        self.marker = f"{self.prefix}{{tollway}}:marker"
+        self.marker = f"{self.prefix}{{tollway}}:marker".encode()
         self.divisor = config.local_share_divisor or workers
         self.base_dir = base_dir
         # Tests pass the time; otherwise the scripts read Redis's clock.
@@ -308,8 +316,15 @@ class RedisBackend:
         # `local` policies while Redis is unreachable: their local share, in process.
         self.local = MemoryBackend(lease_ttl_s=lease_ttl_s)
         self._limits: dict[LimitSpec, CompiledLimit] = {}
-        self._client: Any = None
+        # The same by the spec's identity (hashing a spec costs more than this whole lookup;
+        # the entry keeps the spec alive, so its id is not reused meanwhile), and key names.
+        self._by_id: dict[int, tuple[LimitSpec, CompiledLimit]] = {}
+        self._key_names: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._client: RespClient | None = None
+        self._cluster: RedisCluster | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Settlements waiting for the end of this event-loop iteration, to go together.
+        self._pending: list[tuple[Held, int | None]] = []
         # The store's generation (see "After a data loss") and the ones this process seeded.
         self.generation: str | None = None
         self._rebuilding = False  # Cluster: budgets wait (as the marker said last)
@@ -321,10 +336,14 @@ class RedisBackend:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def connect(self) -> None:
-        """Create the client (no I/O yet: connections open on first use)."""
+        """Create the client (no I/O yet: the connection opens on first use). A single Redis is
+        served by `RespClient` (one pipelined connection); Redis Cluster by redis-py's client."""
         config = self.config
         password = _reveal(config.password, self.base_dir)
         url = config.url or "redis://127.0.0.1:6379/0"
+        if not self.cluster:
+            self._client = RespClient(url, password, config.tls)
+            return
         options: dict[str, Any] = {
             "socket_timeout": self.timeout_s,
             "socket_connect_timeout": self.timeout_s,
@@ -333,10 +352,7 @@ class RedisBackend:
         }
         if config.tls and url.startswith("redis://"):
             options["ssl"] = True
-        if self.cluster:
-            self._client = RedisCluster.from_url(url, **options)
-        else:
-            self._client = aioredis.Redis.from_url(url, max_connections=512, **options)
+        self._cluster = RedisCluster.from_url(url, **options)
 
     async def start(
         self, ledger: Ledger | None = None, engine: Callable[[], PolicyEngine | None] | None = None
@@ -344,7 +360,7 @@ class RedisBackend:
         """Connect, learn the store's generation and, if it is new to this process, add this
         process's ledger to the budgets (bounded by `rebuild_wait_ms`). A Redis that does not
         answer is not fatal: policies follow `on_store_unavailable` until it does."""
-        if self._client is None:
+        if self._client is None and self._cluster is None:
             self.connect()
         self._rebuild_source = (ledger, engine or (lambda: None))
         try:
@@ -357,6 +373,8 @@ class RedisBackend:
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait (up to `timeout`) for the background work in flight: settlements, rebuilds."""
+        if self._pending:
+            self._flush()
         pending = list(self._tasks)
         if pending:
             await asyncio.wait(pending, timeout=timeout)
@@ -365,8 +383,11 @@ class RedisBackend:
         """Wait for settlements in flight (up to `timeout`), then close the connections."""
         await self.drain(timeout)
         if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            cluster, self._cluster = self._cluster, None
+            await cluster.aclose()
 
     def status(self) -> dict[str, Any]:
         """For `/readyz`."""
@@ -382,18 +403,29 @@ class RedisBackend:
         """Compile a (new) configuration's limits. Counters stay in Redis: a limit whose
         definition did not change keeps them (same keys); the others' keys expire unused."""
         self._limits = {spec: compile_limit(spec, self.divisor) for spec in specs}
+        self._by_id = {id(spec): (spec, limit) for spec, limit in self._limits.items()}
         self.local.prepare([c.local_spec for c in self._limits.values()])
 
     def _limit(self, spec: LimitSpec) -> CompiledLimit:
+        entry = self._by_id.get(id(spec))
+        if entry is not None and entry[0] is spec:
+            return entry[1]
         found = self._limits.get(spec)
         if found is None:
             found = self._limits[spec] = compile_limit(spec, self.divisor)
+        self._by_id[id(spec)] = (spec, found)
         return found
 
-    def keys(self, spec: LimitSpec, partition: str) -> tuple[str, str]:
+    def keys(self, spec: LimitSpec, partition: str) -> tuple[bytes, bytes]:
         """The state hash and the reservation set of one limit at one partition."""
-        base = f"{self.prefix}{{{partition_tag(partition)}}}:{self._limit(spec).digest}"
-        return base, base + ":r"
+        digest = self._limit(spec).digest
+        names = self._key_names.get((digest, partition))
+        if names is None:
+            if len(self._key_names) >= _KEY_NAMES_KEPT:
+                self._key_names.clear()
+            base = f"{self.prefix}{{{partition_tag(partition)}}}:{digest}".encode()
+            names = self._key_names[(digest, partition)] = (base, base + b":r")
+        return names
 
     # -- admission -----------------------------------------------------------------------------
     async def admit_async(self, takes: Sequence[Take]) -> bool:
@@ -416,12 +448,12 @@ class RedisBackend:
     async def _admit_call(self, takes: Sequence[Take]) -> list[tuple[list[int], list[Any]]]:
         """Run admit.lua for every group of takes (one on a single Redis); each reply with the
         indices of the takes it answers."""
-        now = str(self._now_ms()) if self._now_ms is not None else ""
-        wait = str(self.config.rebuild_wait_ms)
-        ttl = str(self.ttl_ms)
+        now = self._now()
+        wait = b"%d" % self.config.rebuild_wait_ms
+        ttl = b"%d" % self.ttl_ms
         if not self.cluster:
             keys = [self.marker]
-            args = [now, ttl, "1", wait]
+            args = [now, ttl, b"1", wait]
             for take in takes:
                 self._take_args(take, keys, args)
             reply = await self._eval(ADMIT, keys, args)
@@ -430,26 +462,26 @@ class RedisBackend:
         groups: dict[str, list[int]] = {}
         for i, take in enumerate(takes):
             groups.setdefault(partition_tag(take.partition), []).append(i)
-        waiting = "1" if self._rebuilding else "0"
-        calls: list[Awaitable[Any]] = [self._eval(ADMIT, [self.marker], [now, ttl, "1", wait])]
+        waiting = b"1" if self._rebuilding else b"0"
+        calls: list[Awaitable[Any]] = [self._eval(ADMIT, [self.marker], [now, ttl, b"1", wait])]
         for indices in groups.values():
-            keys, args = [], [now, ttl, "0", waiting]
+            group_keys: list[bytes] = []
+            group_args = [now, ttl, b"0", waiting]
             for i in indices:
-                self._take_args(takes[i], keys, args)
-            calls.append(self._eval(ADMIT, keys, args))
+                self._take_args(takes[i], group_keys, group_args)
+            calls.append(self._eval(ADMIT, group_keys, group_args))
         replies = await _gather(calls)
         self._observe_marker(replies[0])
         return list(zip(groups.values(), replies[1:], strict=True))
 
-    def _take_args(self, take: Take, keys: list[str], args: list[str]) -> None:
-        limit = self._limit(take.spec)
-        base = f"{self.prefix}{{{partition_tag(take.partition)}}}:{limit.digest}"
-        keys.append(base)
-        keys.append(base + ":r")
+    def _take_args(self, take: Take, keys: list[bytes], args: list[bytes]) -> None:
+        state, reservations = self.keys(take.spec, take.partition)
+        keys.append(state)
+        keys.append(reservations)
         flags = (1 if take.enforce else 0) | (2 if take.clip else 0) | (4 if take.peek else 0)
-        args.extend(limit.args)
-        args.append(str(take.amount))
-        args.append(str(flags))
+        args.extend(self._limit(take.spec).args)
+        args.append(b"%d" % take.amount)
+        args.append(b"%d" % flags)
 
     def _conclude(self, takes: Sequence[Take], replies: list[tuple[list[int], list[Any]]]) -> bool:
         """Turn the scripts' answers into the takes' answers; apply `on_store_unavailable` to
@@ -583,7 +615,10 @@ class RedisBackend:
     def _failed(self, exc: BaseException) -> None:
         self.breaker.failed()
         now = time.monotonic()
-        if isinstance(exc, redis_errors.ResponseError) and not isinstance(exc, redis_errors.NoScriptError):
+        script_error = isinstance(exc, redis_errors.ResponseError) or (
+            isinstance(exc, RespError) and not isinstance(exc, Unavailable)
+        )
+        if script_error:
             log.error("state store: a script failed: %s", exc)
         elif now - self._last_error_log >= 10.0:
             self._last_error_log = now
@@ -591,8 +626,9 @@ class RedisBackend:
 
     # -- settlement ----------------------------------------------------------------------------
     def settle(self, items: Sequence[tuple[Held, int | None]]) -> None:
-        """End holds (`(held, actual)` settles, `(held, None)` releases), from a background task:
-        the request path never waits for Redis here."""
+        """End holds (`(held, actual)` settles, `(held, None)` releases) without waiting: the
+        settlements of every request that ends in the same event-loop iteration go to Redis
+        together, from a background task."""
         remote: list[tuple[Held, int | None]] = []
         local: list[tuple[Held, int | None]] = []
         for held, actual in items:
@@ -606,7 +642,14 @@ class RedisBackend:
         if local:
             self.local.settle(local)
         if remote:
-            self._spawn(self.settle_async(remote))
+            if not self._pending:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._pending.extend(remote)
+
+    def _flush(self) -> None:
+        items, self._pending = self._pending, []
+        for start in range(0, len(items), _SETTLE_BATCH):
+            self._spawn(self.settle_async(items[start : start + _SETTLE_BATCH]))
 
     async def settle_async(self, items: Sequence[tuple[Held, int | None]]) -> None:
         """Settle in one script per group (one on a single Redis). Lost when Redis is down: the
@@ -616,17 +659,16 @@ class RedisBackend:
         if not self.breaker.closed:
             self.settlements_lost += len(items)
             return
-        now = str(self._now_ms()) if self._now_ms is not None else ""
-        groups: dict[str, tuple[list[str], list[str]]] = {}
+        now = self._now()
+        ttl = b"%d" % self.ttl_ms
+        groups: dict[str, tuple[list[bytes], list[bytes]]] = {}
         for held, actual in items:
             tag = partition_tag(held.partition) if self.cluster else ""
-            keys, args = groups.setdefault(tag, ([], [now, str(self.ttl_ms)]))
-            limit = self._limit(held.spec)
+            keys, args = groups.setdefault(tag, ([], [now, ttl]))
             keys.extend(self.keys(held.spec, held.partition))
-            args.extend(limit.args)
-            args.append(str(held.id) if held.id is not None else "0")
-            release = actual is None or held.spec.kind == "concurrency"
-            args.append("-1" if release else str(actual))
+            args.extend(self._limit(held.spec).args)
+            args.append(b"%d" % held.id if held.id is not None else b"0")
+            args.append(b"-1" if actual is None or held.spec.kind == "concurrency" else b"%d" % actual)
         try:
             await _gather([self._eval(SETTLE, keys, args) for keys, args in groups.values()])
         except asyncio.CancelledError:
@@ -681,26 +723,27 @@ class RedisBackend:
             except Exception:
                 log.exception("state store: reading the ledger to rebuild budgets failed")
         ledger_id = _ledger_id(ledger)
-        now = str(self._now_ms()) if self._now_ms is not None else ""
-        head = [now, str(self.ttl_ms)]
+        head = [self._now(), b"%d" % self.ttl_ms]
+        tail = [generation.encode(), b"%d" % _SEEDED_FLAG_MS]
+        timeout = max(self.timeout_s, 5.0)  # off the request path: it may carry a month of usage
         try:
             if not self.cluster:
-                keys = [self.marker, f"{self.prefix}{{tollway}}:seeded:{generation}:{ledger_id}"]
-                args = [*head, "1", generation, str(_SEEDED_FLAG_MS)]
+                keys = [self.marker, f"{self.prefix}{{tollway}}:seeded:{generation}:{ledger_id}".encode()]
+                args = [*head, b"1", *tail]
                 for seed in seeds:
                     self._seed_args(seed, keys, args)
-                applied = await self._eval(SEED, keys, args, timeout=max(self.timeout_s, 5.0))
+                applied = await self._eval(SEED, keys, args, timeout)
             else:
-                groups: dict[str, tuple[list[str], list[str]]] = {}
+                groups: dict[str, tuple[list[bytes], list[bytes]]] = {}
                 for seed in seeds:
                     tag = partition_tag(seed.partition)
-                    flag = f"{self.prefix}{{{tag}}}:seeded:{generation}:{ledger_id}"
-                    keys, args = groups.setdefault(tag, ([flag], [*head, "0", generation, str(_SEEDED_FLAG_MS)]))
+                    flag = f"{self.prefix}{{{tag}}}:seeded:{generation}:{ledger_id}".encode()
+                    keys, args = groups.setdefault(tag, ([flag], [*head, b"0", *tail]))
                     self._seed_args(seed, keys, args)
-                results = await _gather(
-                    [self._eval(SEED, k, a, timeout=max(self.timeout_s, 5.0)) for k, a in groups.values()]
-                )
-                await self._eval_raw("HDEL", self.marker, "r")
+                results = await _gather([self._eval(SEED, k, a, timeout) for k, a in groups.values()])
+                assert self._cluster is not None
+                async with asyncio.timeout(self.timeout_s):
+                    await self._cluster.hdel(self.marker, "r")  # budgets wait no more
                 applied = sum(max(0, int(r)) for r in results)
         except _STORE_ERRORS as exc:
             # Seen as new again by the next call, which retries.
@@ -712,30 +755,38 @@ class RedisBackend:
         self._rebuilding = False
         log.info("state store: budgets rebuilt from the ledger (%s seeds applied)", applied)
 
-    def _seed_args(self, seed: Seed, keys: list[str], args: list[str]) -> None:
-        limit = self._limit(seed.spec)
+    def _seed_args(self, seed: Seed, keys: list[bytes], args: list[bytes]) -> None:
         keys.extend(self.keys(seed.spec, seed.partition))
-        args.extend(limit.args)
-        args.append(str(seed.index))
-        args.append(str(seed.amount))
+        args.extend(self._limit(seed.spec).args)
+        args.append(b"%d" % seed.index)
+        args.append(b"%d" % seed.amount)
 
     # -- calls ---------------------------------------------------------------------------------
-    async def _eval(self, script: Script, keys: list[str], args: list[str], timeout: float | None = None) -> Any:
-        """One script call within the timeout; a script Redis forgot is loaded and retried once."""
-        client = self._client
-        if client is None:
-            self.connect()
-            client = self._client
-        async with asyncio.timeout(timeout or self.timeout_s):
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                await client.script_load(script.text)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+    def _now(self) -> bytes:
+        """The scripts' `now`: empty (Redis's clock), or the time tests give."""
+        return b"%d" % self._now_ms() if self._now_ms is not None else b""
 
-    async def _eval_raw(self, *command: str) -> Any:
-        async with asyncio.timeout(self.timeout_s):
-            return await self._client.execute_command(*command)
+    async def _eval(self, script: Script, keys: list[bytes], args: list[bytes], timeout: float | None = None) -> Any:
+        """One script call within the timeout; a script Redis forgot is loaded and retried once."""
+        if self._client is None and self._cluster is None:
+            self.connect()
+        timeout = timeout or self.timeout_s
+        client = self._client
+        if client is not None:
+            command = [b"EVALSHA", script.sha, b"%d" % len(keys), *keys, *args]
+            try:
+                return await client.execute(command, timeout)
+            except NoScript:
+                await client.execute([b"SCRIPT", b"LOAD", script.text], timeout)
+                return await client.execute(command, timeout)
+        cluster = self._cluster
+        assert cluster is not None
+        async with asyncio.timeout(timeout):
+            try:
+                return await cluster.evalsha(script.sha.decode(), len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                await cluster.script_load(script.text)
+                return await cluster.evalsha(script.sha.decode(), len(keys), *keys, *args)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
