@@ -122,6 +122,7 @@ log = logging.getLogger("tollway.state")
 # capacity in ticks is kept under 2^50 to leave room for debt.
 MAX_CAPACITY_TICKS = 1 << 50
 _CALENDAR_CODES = {"day": b"0", "week": b"1", "month": b"2"}
+# `Denial.kind` as the memory backend reports it (its request rates are token buckets too).
 _DENIAL_KINDS = {"rate": "tokens", "tokens": "tokens", "concurrency": "concurrency", "budget": "budget"}
 # How long a ledger's once-per-generation flag is kept: longer than any budget window.
 _SEEDED_FLAG_MS = 40 * 86_400_000
