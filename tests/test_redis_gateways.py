@@ -238,6 +238,18 @@ def test_a_dollar_cap_holds_across_three_gateways(gateways: list[Server]) -> Non
     assert 0 < spent <= 0.50
 
 
+def test_several_workers_of_one_gateway_share_a_limit(shared_redis: RedisServer, tmp_path: Path) -> None:
+    """`workers > 1` is allowed with the Redis backend, and the workers count together."""
+    config = gateway_toml(shared_redis.url, 9, 2000).replace("[server]\n", "[server]\nworkers = 2\n")
+    config = config.replace('requests = "4/1h"', 'requests = "7/1h"')  # a limit of its own
+    server = start_gateway(config, tmp_path)
+    try:
+        results = burst([server], 30, lambda s: post(s, "shared"))
+    finally:
+        stop(server.proc)
+    assert sorted(status for status, _ in results) == [200] * 7 + [429] * 23
+
+
 # -- Redis failures ---------------------------------------------------------------------------------
 
 

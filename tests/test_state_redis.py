@@ -515,3 +515,16 @@ def test_password_and_database_from_the_config(
     monkeypatch.setenv("WRONG_REDIS_PASSWORD", "not-it")
     assert run(scenario("WRONG_REDIS_PASSWORD")).degraded == "fail_open"
     assert secret not in caplog.text and "not-it" not in caplog.text
+
+
+def test_a_missing_redis_server_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import conftest
+
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
+    monkeypatch.setattr(conftest.os.path, "exists", lambda path: False)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        conftest.redis_tool("redis-server")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI requires it"):
+        conftest.redis_tool("redis-server")
