@@ -370,7 +370,13 @@ def record(at: float, key: str, team: str, tokens: tuple[int, int], cost: float,
     )
 
 
-def test_budgets_are_rebuilt_from_the_ledger_after_flushall(redis_server: RedisServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("seeds_per_call", [1000, 1])
+def test_budgets_are_rebuilt_from_the_ledger_after_flushall(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seeds_per_call: int
+) -> None:
+    import tollway.state.redis
+
+    monkeypatch.setattr(tollway.state.redis, "_SEEDS_PER_CALL", seeds_per_call)  # one seed per script call, too
     ledger = Ledger(LedgerConfig(path=str(tmp_path / "ledger.sqlite3"), flush_interval_ms=10))
     now = time.time()
     ledger.submit(

@@ -128,6 +128,8 @@ _DENIAL_KINDS = {"rate": "tokens", "tokens": "tokens", "concurrency": "concurren
 _SEEDED_FLAG_MS = 40 * 86_400_000
 # Most settlements per script call (one call carries those of many requests under load).
 _SETTLE_BATCH = 128
+# Most rebuild seeds per script call: no script may keep Redis busy long.
+_SEEDS_PER_CALL = 1000
 # Key names remembered per (limit, partition) before the memo starts over.
 _KEY_NAMES_KEPT = 50_000
 _STORE_ERRORS = (RespError, redis_errors.RedisError, OSError, TimeoutError)
@@ -729,17 +731,24 @@ class RedisBackend:
         timeout = max(self.timeout_s, 5.0)  # off the request path: it may carry a month of usage
         try:
             if not self.cluster:
-                keys = [self.marker, f"{self.prefix}{{tollway}}:seeded:{generation}:{ledger_id}".encode()]
-                args = [*head, b"1", *tail]
-                for seed in seeds:
-                    self._seed_args(seed, keys, args)
-                applied = await self._eval(SEED, keys, args, timeout)
+                flag = f"{self.prefix}{{tollway}}:seeded:{generation}:{ledger_id}".encode()
+                parts = [seeds[i : i + _SEEDS_PER_CALL] for i in range(0, len(seeds), _SEEDS_PER_CALL)] or [[]]
+                applied = 0
+                for n, part in enumerate(parts):
+                    keys = [self.marker, flag]
+                    args = [*head, b"1", *tail, b"1" if n == 0 else b"0", b"1" if n == len(parts) - 1 else b"0"]
+                    for seed in part:
+                        self._seed_args(seed, keys, args)
+                    result = int(await self._eval(SEED, keys, args, timeout))
+                    if result < 0:  # applied by another process, or a newer loss: nothing more to do
+                        break
+                    applied += result
             else:
                 groups: dict[str, tuple[list[bytes], list[bytes]]] = {}
                 for seed in seeds:
                     tag = partition_tag(seed.partition)
                     flag = f"{self.prefix}{{{tag}}}:seeded:{generation}:{ledger_id}".encode()
-                    keys, args = groups.setdefault(tag, ([flag], [*head, b"0", *tail]))
+                    keys, args = groups.setdefault(tag, ([flag], [*head, b"0", *tail, b"1", b"1"]))
                     self._seed_args(seed, keys, args)
                 results = await _gather([self._eval(SEED, k, a, timeout) for k, a in groups.values()])
                 assert self._cluster is not None
