@@ -23,7 +23,7 @@ Round trips
   nothing to settle.
 
 Time is Redis's clock (`TIME` inside the script), so every gateway decides on the same clock;
-tests inject `now` instead. Time never goes back for a key (each key keeps the latest `now` it
+tests inject `now` instead (keys then never expire: Redis expires them on its own clock). Time never goes back for a key (each key keeps the latest `now` it
 saw), as in a native limiter.
 
 Keys and hash tags
@@ -50,7 +50,8 @@ Every call has a timeout (`[state] timeout_ms`, default 50 ms, connecting includ
 through a circuit breaker: after `breaker_failures` consecutive failures (timeouts, refused
 connections, errors) it opens and no call is made; after `breaker_reset_ms` one request probes
 Redis and success closes it, so the gateway returns to shared state by itself. A frozen Redis
-therefore costs one request at most the timeout, and a dead one nothing once the breaker is open.
+therefore delays a request by at most the timeout (only the requests until the breaker opens,
+and one probe per interval after), and a dead one costs nothing once the breaker is open.
 
 A take Redis could not decide follows its policy's `on_store_unavailable` (`LimitSpec.store_failure`;
 default `fail_closed` for dollar budgets, `fail_open` otherwise):
