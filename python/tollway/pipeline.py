@@ -535,9 +535,8 @@ class ModelRequest:
             counter = self.rt.accounting(target, call.model).counter()
             if counter is not None:
                 guard = OutputGuard(cap[0], cap[1], call.meter, counter.stream())
-        self.sink = sink = ClientStream(
-            self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, _STREAM_ENDS["responses" if self.operation == "responses" else self.api]
-        )
+        ends = _STREAM_ENDS["responses" if self.operation == "responses" else self.api]
+        self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, ends)
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.ensure_future(self.proto.client_disconnect())

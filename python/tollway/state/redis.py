@@ -23,8 +23,8 @@ Round trips
   nothing to settle.
 
 Time is Redis's clock (`TIME` inside the script), so every gateway decides on the same clock;
-tests inject `now` instead (keys then never expire: Redis expires them on its own clock). Time never goes back for a key (each key keeps the latest `now` it
-saw), as in a native limiter.
+tests inject `now` instead (keys then never expire: Redis expires them on its own clock). Time
+never goes back for a key (each key keeps the latest `now` it saw), as in a native limiter.
 
 Keys and hash tags
 ------------------
