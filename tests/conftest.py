@@ -425,3 +425,32 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every `openai`/`anthropic` SDK client a test makes, when the test ends.
+
+    An SDK client keeps a pooled connection open until it is closed or garbage-collected; left
+    to the collector, its socket is reported as a `ResourceWarning` in whichever later test
+    happens to trigger the collection (and warnings are errors here)."""
+    import anthropic
+    import openai
+
+    made: list[Any] = []
+    for module, name in ((openai, "OpenAI"), (anthropic, "Anthropic")):
+        base = getattr(module, name)
+        tracked = type(name, (base,), {"__init__": _tracking_init(base, made)})
+        monkeypatch.setattr(module, name, tracked)
+    yield
+    for client in made:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _tracking_init(base: type, made: list[Any]) -> Any:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, *args, **kwargs)  # type: ignore[misc]
+        made.append(self)
+
+    return __init__

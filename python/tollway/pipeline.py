@@ -694,7 +694,9 @@ def _with_deadline(adapter: ProviderAdapter, plan: Plan) -> ProviderAdapter:
     """Timeouts of this attempt: the provider's, each cut to the request's remaining deadline."""
     remaining = plan.remaining_s()
     base = adapter.timeouts
-    if remaining >= base.total:
+    # A second of slack: with the defaults (a 600 s deadline and a 600 s total timeout) the
+    # first attempt needs no copy, and the total timeout still ends it near the deadline.
+    if remaining + 1.0 >= base.total:
         return adapter
     clone = copy.copy(adapter)
     clone.timeouts = plan.timeouts(base)

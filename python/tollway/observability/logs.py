@@ -1,8 +1,8 @@
 """Structured access logs: one JSON line per request, to stderr, with the request id.
 
 The line is built from the usage record, which holds no secret by construction (virtual keys
-appear by name, provider keys never). Lines are written in batches, one `write` per event-loop
-turn, so a busy worker costs one system call per batch rather than per request.
+appear by name, provider keys never). Lines are written in batches (every 50 ms, or 256
+lines), so a busy worker costs one system call per batch rather than per request.
 """
 
 from __future__ import annotations
@@ -55,15 +55,23 @@ def access_line(record: UsageRecord) -> bytes:
 
 
 class AccessLog:
-    """Batches access lines and writes them to a file descriptor (stderr by default)."""
+    """Batches access lines and writes them to a file descriptor (stderr by default): at most
+    every `interval_s` seconds, or at once when `max_pending` lines are waiting. A system call
+    per request would cost more than the rest of the logging."""
 
-    def __init__(self, fd: int | None = None) -> None:
+    def __init__(self, fd: int | None = None, interval_s: float = 0.05, max_pending: int = 256) -> None:
         self._fd = fd if fd is not None else sys.stderr.fileno()
         self._pending: list[bytes] = []
         self._scheduled = False
+        self._interval = interval_s
+        self._max = max_pending
 
     def write(self, record: UsageRecord) -> None:
-        self._pending.append(access_line(record))
+        pending = self._pending
+        pending.append(access_line(record))
+        if len(pending) >= self._max:
+            self.flush()
+            return
         if self._scheduled:
             return
         try:
@@ -72,7 +80,7 @@ class AccessLog:
             self.flush()
             return
         self._scheduled = True
-        loop.call_soon(self.flush)
+        loop.call_later(self._interval, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
