@@ -96,3 +96,31 @@ def test_responses_api_passthrough(gateway: Server, stream: bool) -> None:
     assert text == REPLY
     assert final.usage is not None and final.usage.input_tokens == 2
     assert final.usage.output_tokens == len(REPLY.split())
+
+
+def test_well_known_models_route_by_the_catalog(mock_providers: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model the catalog knows (`claude-sonnet-5`, kind `anthropic`) needs no [[models]]
+    entry: it goes to the configured provider of its kind."""
+    from conftest import start_gateway, stop
+    from gateway_support import ALICE_KEY as KEY
+    from gateway_support import SECRETS, common_tables, provider_table
+
+    config = provider_table("claude", "anthropic", mock_providers.url) + common_tables()
+    gw = start_gateway(config, tmp_path, SECRETS)
+    try:
+        client = anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0)
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert raw.parse().content
+        assert raw.headers["x-tollway-provider"] == "claude"
+        assert raw.headers["x-tollway-model"] == "claude-sonnet-5"
+        status, _, _ = gw.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({"model": "not-in-any-catalog", "messages": [{"role": "user", "content": "x"}]}).encode(),
+            {"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+        )
+        assert status == 404
+    finally:
+        stop(gw.proc)

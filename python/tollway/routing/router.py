@@ -202,6 +202,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        by_catalog: Callable[[str], Target | None] | None = None,
     ) -> None:
         settings = settings or RoutingConfig()
         problems = validate_routes(routes, {m.name for m in models}, providers) + validate_routing(settings)
@@ -211,6 +212,9 @@ class Router:
         self._providers = frozenset(providers)
         self._models = {m.name: Target(m.name, m.provider, m.upstream_model) for m in models}
         self._price = price
+        # Last resort for a name that is no route, model or `provider/model`: the model catalog's
+        # provider kind for it, served by a configured provider of that kind.
+        self._by_catalog = by_catalog
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
@@ -242,14 +246,16 @@ class Router:
         self._latency: dict[tuple[str, str], float] = {}
 
     def resolve(self, name: str) -> Target | None:
-        """The target a model name or `provider/model` denotes (not a route), or `None`."""
+        """The target a model name or `provider/model` denotes (not a route), or `None`: a
+        [[models]] name, then `provider/model`, then a well-known model of the catalog served by
+        a configured provider of its kind."""
         target = self._models.get(name)
         if target is not None:
             return target
         provider, sep, model = name.partition("/")
         if sep and model and provider in self._providers:
             return Target(name, provider, model)
-        return None
+        return self._by_catalog(name) if self._by_catalog is not None else None
 
     def plan(
         self, requested_model: str, identity: Identity, *, override: str | None = None, stream: bool = False

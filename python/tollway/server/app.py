@@ -89,8 +89,14 @@ class Runtime:
         self.keys = KeyStore(config.keys)
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self.catalog = Catalog.load(list(config.catalog))
+        self._kinds = [(p.name, p.kind, p.preset) for p in config.providers]
         self.router = Router(
-            config.routes, config.models, [p.name for p in config.providers], config.routing, price=self._price
+            config.routes,
+            config.models,
+            [p.name for p in config.providers],
+            config.routing,
+            price=self._price,
+            by_catalog=self._by_catalog,
         )
         self.policies = PolicyEngine(config.policies, config.limits, backend)
         self.adapters: dict[str, ProviderAdapter] = build_adapters(
@@ -108,6 +114,17 @@ class Runtime:
             found = ModelAccounting.resolve(self.catalog, target.model, model.tokenizer, str(self.base_dir))
             self._accounting[key] = found
         return found
+
+    def _by_catalog(self, name: str) -> Target | None:
+        """A well-known model (`claude-sonnet-4-5`, `gemini-2.5-flash`) on the first configured
+        provider of its catalog kind (an OpenAI-compatible preset counts as its own kind)."""
+        info = self.catalog.get(name)
+        if info is None or info.provider is None:
+            return None
+        for provider, kind, preset in self._kinds:
+            if info.provider in (kind, preset) and kind != "mock":
+                return Target(name, provider, name)
+        return None
 
     def _price(self, provider: str, model: str) -> tuple[float, float] | None:
         info = self.catalog.get(model)
