@@ -79,6 +79,7 @@ from tollway.usage.catalog import ModelInfo, estimate_micro_usd
 from tollway.usage.record import PolicyVerdict
 
 _GLOB = set("*?[")
+_SHADOW_VERDICTS = frozenset({"would_deny", "would_clamp"})
 _COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")
 _NUMERIC_PARAMS = ("max_tokens", "n", "temperature", "top_p")
 
@@ -729,13 +730,11 @@ class PolicyEngine:
     def _limits(self, plan: _Plan, admitted: bool, facts: RequestFacts, admission: Admission) -> None:
         """Verdicts, headers, holds and the error, from the backend's answers to the takes."""
         rules = plan[1]
-        backend = self.backend
         now = self.clock()
         tightest: dict[str, tuple[int, AnyGrant, LimitRule]] = {}
         denial: tuple[PolicyVerdict, ApiError] | None = None
         unpriced_denial: tuple[PolicyVerdict, ApiError] | None = None
         verdicts = admission.verdicts
-        settle_now: list[tuple[Held, int | None]] = []
         for policy, partition, rule, take, note in rules:
             spec = rule.spec
             if note:
@@ -796,10 +795,7 @@ class PolicyEngine:
                     )
                 )
                 if admitted:
-                    if spec.kind == "rate":
-                        # Settled at once: a request is a request, whatever it uses.
-                        settle_now.append((Held(spec, partition, answer.id), 1))
-                    else:
+                    if spec.kind != "rate":  # request rates are final at admission (the backend's)
                         admission.hold(Held(spec, partition, answer.id), rule, "")
                     if policy.enforce and spec.kind in ("rate", "tokens"):
                         header_kind = "requests" if spec.kind == "rate" else "tokens"
@@ -832,8 +828,6 @@ class PolicyEngine:
                 verdicts.append(
                     _verdict(policy, rule, partition, "not_evaluated", detail="an earlier policy denied the request")
                 )
-        if settle_now:
-            backend.settle(settle_now)
         if unpriced_denial is not None and denial is None:
             denial = unpriced_denial
             if admitted:
@@ -849,9 +843,9 @@ class PolicyEngine:
                     (f"x-ratelimit-reset-{header_kind}", _reset_text(grant.reset_after)),
                 ]
             )
-        if any(v.verdict in ("would_deny", "would_clamp") for v in verdicts):
-            shadow = sorted({v.policy for v in verdicts if v.verdict in ("would_deny", "would_clamp")})
-            admission.headers.append(("x-tollway-shadow-deny", ", ".join(shadow)))
+        shadow = {v.policy for v in verdicts if v.verdict in _SHADOW_VERDICTS}
+        if shadow:
+            admission.headers.append(("x-tollway-shadow-deny", ", ".join(sorted(shadow))))
 
     def _output_cap(self, rule: LimitRule, reserved: int, facts: RequestFacts) -> int | None:
         """Output tokens a truncating budget's reservation affords after the prompt."""

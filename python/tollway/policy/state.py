@@ -231,7 +231,7 @@ class MemoryBackend:
     def admit(self, takes: Sequence[Take]) -> bool:
         """Apply the takes in order (see the module docstring); False if the request is denied."""
         now = self.clock()
-        made: list[tuple[MemoryLimit, int]] = []
+        made: list[tuple[MemoryLimit, int, bool]] = []  # (limit, id, is a request rate)
         for take in takes:
             limit = self.limit(take.spec)
             if take.peek:
@@ -245,11 +245,15 @@ class MemoryBackend:
             take.answer = answer
             if isinstance(answer, Grant):
                 if answer.id is not None:
-                    made.append((limit, answer.id))
+                    made.append((limit, answer.id, take.spec.kind == "rate"))
             elif take.enforce:
-                for held_limit, id in made:
+                for held_limit, id, _ in made:
                     held_limit.release(id, now)
                 return False
+        # Admitted: request rates are final now (a request is a request, whatever it uses).
+        for limit, id, final in made:
+            if final:
+                limit.settle(id, 1, now)
         return True
 
     async def admit_async(self, takes: Sequence[Take]) -> bool:
