@@ -498,10 +498,14 @@ budget = {{ usd = 5 }}
 
 
 def test_openai_sdk_sees_rate_limit_headers(gw: Server) -> None:
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEYS["conc"], max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(model="mock-gpt", messages=MESSAGES)  # type: ignore[arg-type]
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEYS["tok"], max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="mock-gpt", messages=MESSAGES, max_tokens=10)  # type: ignore[arg-type]
     assert raw.parse().choices[0].message.content
-    assert raw.headers.get("x-ratelimit-limit-requests") is None  # no request-rate policy applies to this key
+    # The token limit that applied, in OpenAI's header names; no request-rate policy applies.
+    assert raw.headers["x-ratelimit-limit-tokens"] == "10000"
+    assert 0 < int(raw.headers["x-ratelimit-remaining-tokens"]) < 10000
+    assert raw.headers["x-ratelimit-reset-tokens"].endswith(("ms", "s"))
+    assert raw.headers.get("x-ratelimit-limit-requests") is None
 
 
 def test_watch_config_reloads_on_change(tmp_path: Path) -> None:

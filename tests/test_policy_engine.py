@@ -302,3 +302,15 @@ def test_admitted_cost_never_exceeds_the_budget_plus_overshoot(requests: list[tu
             admission.settle(Usage(completion_tokens=used_tokens), actual)
             charged += actual - estimate
             excess += max(0, actual - estimate)
+
+
+def test_each_budget_charges_an_unpriced_model_at_its_own_estimate_price() -> None:
+    e = engine(
+        {"name": "a", "budget": {"usd": 1, "unpriced": "estimate", "estimate_price": [0, 100]}},
+        {"name": "b", "budget": {"usd": 1, "unpriced": "estimate", "estimate_price": [0, 200]}},
+    )
+    e.evaluate(facts(model_info=None, params={"max_tokens": 100})).settle(Usage(completion_tokens=10), None)
+    after = e.evaluate(facts(model_info=None, params={"max_tokens": 1}))
+    remaining = {v.policy: v.remaining for v in after.verdicts}
+    # 10 output tokens at $100 and $200 per million, then this request's own reservation.
+    assert remaining == {"a": pytest.approx(1 - 0.001 - 0.0001), "b": pytest.approx(1 - 0.002 - 0.0002)}

@@ -1228,3 +1228,11 @@ def test_retries_through_the_router_stay_within_the_budget(seed: int) -> None:
             extra += step is not None
     assert extra <= budget.ratio * requests + budget.min_per_second * (120 + budget.window_s)
     assert extra >= 0.15 * requests
+
+
+def test_first_target_follows_nested_routes_without_planning() -> None:
+    router = make_router([route("outer", "inner", "mini"), route("inner", "claude", "gpt")])
+    assert router.first_target("outer") == Target("claude", "anthropic", "claude-sonnet")
+    assert router.first_target("gpt") == Target("gpt", "openai", "gpt-4o")
+    assert router.first_target("openai/o3") == Target("openai/o3", "openai", "o3")
+    assert router.first_target("nowhere") is None

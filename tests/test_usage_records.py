@@ -203,6 +203,9 @@ def test_upstream_error_record(gw: Server) -> None:
     # A 500 is retryable, but this route has one target: tried once, never twice.
     assert [(a["outcome"], a["status"]) for a in rec["attempts"]] == [("server_error", 500)]
     assert rec["completion_source"] == "none" and rec["completion_tokens"] == 0
+    # Nothing was answered: no usage is recorded or charged.
+    assert (rec["prompt_source"], rec["prompt_tokens"], rec["cost_source"]) == ("none", 0, "none")
+    assert "Tokens: none recorded (no answer was produced)." in rec["explanation"]
 
 
 @pytest.mark.slow
@@ -391,13 +394,8 @@ def test_trace_follows_genai_conventions(gw: Server, collector: OtlpCollector) -
     assert [e.name for e in span.events] == ["gen_ai.attempt"]
 
 
-def test_access_log_line_per_request(gw: Server) -> None:
-    status, headers, _ = chat(gw, {"model": "gpt-4o-mini", "messages": MESSAGES})
-    assert status == 200
-    request_id = headers["x-request-id"]
-    record(gw, request_id)
-    # The gateway's output is read at the end (see `test_secrets_never_appear`); here, check
-    # the access line format on a record-built line.
+def test_access_line_shape() -> None:
+    """The line's fixed shape (the gateway's real lines are checked at the end of the module)."""
     from tollway.observability.logs import access_line
     from tollway.usage.record import UsageRecord
 
@@ -435,7 +433,10 @@ def test_secrets_never_appear_and_records_survive_restart(gw: Server, upstream: 
         assert secret not in dump
     # One JSON access line per request, each with its request id.
     access = [json.loads(line) for line in output.splitlines() if line.startswith('{"ts"')]
-    assert request_id in {line["request_id"] for line in access}
+    by_id = {line["request_id"]: line for line in access}
+    assert len(by_id) == len(access) > 20  # one line per request, for every test of the module
+    last = by_id[request_id]
+    assert (last["status"], last["error_code"], last["key"]) == (401, "invalid_api_key", None)
     # The clean shutdown flushed the queue; a new gateway on the same ledger finds the records.
     again = start_gateway(
         (usage_dir / "tollway.toml").read_text(), usage_dir, {"TEST_UPSTREAM_KEY": "sk-up", "CANARY_KEY": "x"}

@@ -157,5 +157,6 @@ def explain(record: UsageRecord) -> str:
         else:
             lines.append(f"Cost: ${r.cost_usd:.6f} (prices from the {r.cost_source}).")
     else:
-        lines.append("Tokens: none used (no model call was made).")
+        why = "no answer was produced" if r.attempts else "no model call was made"
+        lines.append(f"Tokens: none recorded ({why}).")
     return "\n".join(lines)

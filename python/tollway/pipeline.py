@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from tollway._native import StreamTokenCounter
-from tollway.auth import Identity, presented_key
+from tollway.auth import Identity
 from tollway.config.schema import ModelConfig
 from tollway.errors import UpstreamError
 from tollway.policy.engine import RequestFacts
 from tollway.providers import ChatCall, ProviderAdapter
 from tollway.providers.base import StreamMeter
 from tollway.routing import Plan, RoutingError, Step, Target
-from tollway.server.errors import ApiError, from_failure, invalid_request
+from tollway.server.errors import ApiError, from_failure, invalid_request, model_not_allowed, model_not_found
 from tollway.upstream import Failure, failure_of, forwardable_headers
 from tollway.usage import Usage
 from tollway.usage.accounting import output_text, settle_usage
@@ -264,7 +264,7 @@ class ModelRequest:
 
     async def _run(self) -> None:
         gw = self.gw
-        self.identity = identity = self._authenticate()
+        self.identity = identity = gw.authenticate(self.scope, self.rt)
         rec = self.record
         rec.key, rec.team, rec.user, rec.tags = identity.key_name, identity.team, identity.user, list(identity.tags)
         raw = await gw.read_body(self.scope, self.proto, self.rt.max_body)
@@ -272,15 +272,7 @@ class ModelRequest:
         rec.requested_model, rec.stream = parsed.model, parsed.stream
         rec.params = _numeric_params(parsed.body)
         if not identity.may_use(parsed.model):
-            raise Reject(
-                ApiError(
-                    403,
-                    "permission_error",
-                    "model_not_allowed",
-                    f"key `{identity.key_name}` may not use model `{parsed.model}`",
-                    "model",
-                )
-            )
+            raise Reject(model_not_allowed(identity.key_name, parsed.model))
         plan = self._plan(parsed, identity)
         primary = plan.candidates[0]
         rec.provider, rec.upstream_model = primary.provider, primary.model
@@ -316,43 +308,13 @@ class ModelRequest:
             model_info=accounting.info,
         )
 
-    def _authenticate(self) -> Identity:
-        headers = self.scope.headers
-        key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-        if key is None:
-            raise Reject(
-                ApiError(
-                    401,
-                    "authentication_error",
-                    "missing_api_key",
-                    "no API key: send a tollway virtual key as `Authorization: Bearer <key>` or `x-api-key`",
-                )
-            )
-        identity = self.rt.keys.lookup(key)
-        if identity is None:
-            raise Reject(
-                ApiError(
-                    401, "authentication_error", "invalid_api_key", "invalid API key: it matches no configured key"
-                )
-            )
-        return identity
-
     def _plan(self, parsed: ParsedRequest, identity: Identity) -> Plan:
         override = self.scope.headers.get("x-tollway-target")
         try:
             return self.rt.router.plan(parsed.model, identity, override=override, stream=parsed.stream)
         except RoutingError as exc:
             if exc.code == "model_not_found":
-                raise Reject(
-                    ApiError(
-                        404,
-                        "invalid_request_error",
-                        "model_not_found",
-                        f"model `{parsed.model}` does not exist on this gateway; "
-                        "GET /v1/models lists the models you may use",
-                        "model",
-                    )
-                ) from None
+                raise Reject(model_not_found(parsed.model)) from None
             raise Reject(ApiError(403, "permission_error", exc.code, str(exc), "model")) from None
 
     async def _attempts(self, plan: Plan, parsed: ParsedRequest) -> None:
@@ -505,8 +467,7 @@ class ModelRequest:
         headers = [_JSON, ("x-request-id", self.request_id), *error.headers]
         if self.admission is not None and error.status == 429:
             headers.extend(h for h in self.admission.headers if h[0] not in {k for k, _ in error.headers})
-        body = error.anthropic_body(self.request_id) if self.api == "anthropic" else error.openai_body(self.request_id)
-        self.proto.response_bytes(error.status, headers, body)
+        self.proto.response_bytes(error.status, headers, error.body(self.api, self.request_id))
 
     async def _end_stream_with(self, error: ApiError) -> None:
         """A stream that has begun ends with an explicit error event, never a silent cut."""
@@ -514,11 +475,8 @@ class ModelRequest:
         rec.error_code = error.code
         rec.error = rec.error or error.message
         assert self.sink is not None
-        event = (
-            error.anthropic_event(self.request_id) if self.api == "anthropic" else error.openai_event(self.request_id)
-        )
         with contextlib.suppress(Exception):
-            await self.sink.send(event)
+            await self.sink.send(error.event(self.api, self.request_id))
 
     async def _stream(self, adapter: ProviderAdapter, call: ChatCall, target: Target) -> None:
         """Run a streamed call in this task while watching for the client to go away.
@@ -620,22 +578,22 @@ class ModelRequest:
         if reported is None and self.meter is not None:
             reported = self.meter.usage
             delivered = self.meter.all_text()
-        accounting = self.rt.accounting(target, call.model)
-        complete = self.complete and not rec.client_disconnected
+        answered = self.complete or reported is not None or bool(delivered) or bool(self.sink and self.sink.started)
+        if not answered:
+            # Every attempt failed before its answer began: no usage to record (the sources
+            # stay `none`), and the reservations go back.
+            if self.admission is not None:
+                self.admission.release()
+            return
         settled = settle_usage(
-            accounting,
+            self.rt.accounting(target, call.model),
             api=self.api,
             raw_body=self.parsed.raw,
             reported=reported,
             delivered_text=delivered,
-            complete=complete,
+            complete=self.complete and not rec.client_disconnected,
         )
         usage = settled.usage
-        if reported is None and not delivered and not self.complete and not (self.sink and self.sink.started):
-            # Nothing reached the client and nothing was reported: the attempt failed before
-            # the answer began. The prompt may still have been processed; it is recorded as
-            # estimated, the output as none.
-            settled.completion_source = "none"
         rec.prompt_tokens = usage.prompt_tokens
         rec.completion_tokens = usage.completion_tokens
         rec.cached_tokens = usage.cached_tokens
@@ -645,12 +603,7 @@ class ModelRequest:
         rec.cost_usd = settled.cost.usd
         rec.cost_source = settled.cost.source
         if self.admission is not None:
-            failed_before_answer = rec.completion_source == "none" and reported is None
-            if failed_before_answer:
-                self.admission.release()
-            else:
-                self.admission.settle(usage, settled.cost.micro_usd if settled.cost.source != "unpriced" else None)
-            rec.decisions = self.admission.verdicts
+            self.admission.settle(usage, settled.cost.micro_usd if settled.cost.source != "unpriced" else None)
 
 
 def _numeric_params(body: dict[str, Any]) -> dict[str, float]:

@@ -420,7 +420,6 @@ class Admission:
     __slots__ = (
         "_backend",
         "_held",
-        "_now",
         "clamps",
         "denied",
         "headers",
@@ -437,26 +436,24 @@ class Admission:
         # Output tokens a stream may produce before a truncating budget ends it.
         self.output_cap: tuple[int, str] | None = None
         self._backend = backend
-        self._held: list[tuple[Held, LimitRule, str]] = []  # (held, rule, how it settles)
-        self._now = 0.0
+        # What the request holds until it ends; a hold without an id (an audit budget) is
+        # charged by debit at settlement.
+        self._held: list[tuple[Held, LimitRule]] = []
 
-    def hold(self, held: Held, rule: LimitRule, settles: str) -> None:
-        self._held.append((held, rule, settles))
+    def hold(self, held: Held, rule: LimitRule) -> None:
+        self._held.append((held, rule))
 
     def settle(self, usage: Usage, cost_micro_usd: int | None) -> None:
         """The request ended with this usage (`cost_micro_usd`: `None` when unpriced)."""
         if self._backend is None or not self._held:
             return
         items: list[tuple[Held, int | None]] = []
-        for held, rule, settles in self._held:
-            if settles == "once":  # request rates: settled at admission
-                continue
+        for held, rule in self._held:
             if rule.spec.kind == "concurrency":
                 items.append((held, None))
             elif rule.spec.unit == "usd":
-                if cost_micro_usd is None:
-                    cost_micro_usd = _estimated_cost(rule, usage)
-                items.append((held, cost_micro_usd))
+                # An unpriced model is charged per budget (each has its own `unpriced` rule).
+                items.append((held, cost_micro_usd if cost_micro_usd is not None else _estimated_cost(rule, usage)))
             else:
                 assert rule.amounts is not None
                 items.append((held, rule.amounts.actual(usage)))
@@ -467,7 +464,7 @@ class Admission:
         """The request ended without a model call: give back everything it reserved."""
         if self._backend is None or not self._held:
             return
-        items: list[tuple[Held, int | None]] = [(h, None) for h, _, settles in self._held if settles != "once"]
+        items: list[tuple[Held, int | None]] = [(held, None) for held, _ in self._held]
         self._held.clear()
         self._backend.settle(items)
 
@@ -767,7 +764,7 @@ class PolicyEngine:
                             + ("" if used is not None else "; the state store was unavailable"),
                         )
                     )
-                    admission.hold(Held(spec, partition, None), rule, "debit")
+                    admission.hold(Held(spec, partition, None), rule)
                 else:
                     verdicts.append(_verdict(policy, rule, partition, "allow", detail=note))
                 continue
@@ -796,7 +793,7 @@ class PolicyEngine:
                 )
                 if admitted:
                     if spec.kind != "rate":  # request rates are final at admission (the backend's)
-                        admission.hold(Held(spec, partition, answer.id), rule, "")
+                        admission.hold(Held(spec, partition, answer.id), rule)
                     if policy.enforce and spec.kind in ("rate", "tokens"):
                         header_kind = "requests" if spec.kind == "rate" else "tokens"
                         best = tightest.get(header_kind)

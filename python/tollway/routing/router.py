@@ -257,6 +257,19 @@ class Router:
             return Target(name, provider, model)
         return self._by_catalog(name) if self._by_catalog is not None else None
 
+    def first_target(self, name: str) -> Target | None:
+        """The target a name denotes before any strategy or failure: a route's first target
+        (nested routes followed; cycles are refused by validation), else `resolve`. For
+        questions about a model that make no call (counting tokens): no plan, no retry budget."""
+        route = self._routes.get(name)
+        if route is None:
+            return self.resolve(name)
+        for entry in route.entries:
+            found = entry.target if entry.target is not None else self.first_target(entry.name)
+            if found is not None:
+                return found
+        return None
+
     def plan(
         self, requested_model: str, identity: Identity, *, override: str | None = None, stream: bool = False
     ) -> Plan:

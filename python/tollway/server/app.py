@@ -47,9 +47,9 @@ from tollway.pipeline import ModelRequest, Reject, model_config_for
 from tollway.policy.engine import PolicyEngine
 from tollway.policy.state import MemoryBackend, StateBackend
 from tollway.providers import ProviderAdapter, build_adapters
-from tollway.routing import Router, RoutingError, Target
+from tollway.routing import Router, Target
 from tollway.server import admin
-from tollway.server.errors import ApiError, invalid_request
+from tollway.server.errors import ApiError, invalid_request, model_not_allowed, model_not_found
 from tollway.upstream import UpstreamClient
 from tollway.usage.accounting import ModelAccounting
 from tollway.usage.catalog import Catalog
@@ -340,9 +340,8 @@ class Gateway:
     def respond_error(proto: Any, request_id: str, error: ApiError, path: str = "") -> None:
         """The error in the format of the API the path belongs to (Anthropic's for `/v1/messages...`)."""
         headers = [_JSON, ("x-request-id", request_id), *error.headers]
-        anthropic = path.startswith("/v1/messages")
-        body = error.anthropic_body(request_id) if anthropic else error.openai_body(request_id)
-        proto.response_bytes(error.status, headers, body)
+        api = "anthropic" if path.startswith("/v1/messages") else "openai"
+        proto.response_bytes(error.status, headers, error.body(api, request_id))
 
     def authenticate(self, scope: Any, runtime: Runtime) -> Identity:
         headers = scope.headers
@@ -445,13 +444,10 @@ class Gateway:
         if not isinstance(model, str) or not model:
             raise Reject(invalid_request("missing `model`: a non-empty string naming the model", "model"))
         if not identity.may_use(model):
-            message = f"key `{identity.key_name}` may not use model `{model}`"
-            raise Reject(ApiError(403, "permission_error", "model_not_allowed", message, "model"))
-        try:
-            target = runtime.router.plan(model, identity).candidates[0]
-        except RoutingError:
-            message = f"model `{model}` does not exist on this gateway"
-            raise Reject(ApiError(404, "invalid_request_error", "model_not_found", message, "model")) from None
+            raise Reject(model_not_allowed(identity.key_name, model))
+        target = runtime.router.first_target(model)
+        if target is None:
+            raise Reject(model_not_found(model))
         counter = runtime.accounting(target, runtime.model_config(target)).counter()
         if counter is None:
             raise Reject(ApiError(500, "server_error", "no_tokenizer", "no tokenizer is available for this model"))

@@ -77,6 +77,25 @@ class ApiError:
         """The same error as Anthropic's final `error` stream event, for a stream that has started."""
         return b"event: error\ndata: " + self.anthropic_body(request_id) + b"\n\n"
 
+    def body(self, api: str, request_id: str) -> bytes:
+        """The error body in the format of the API the client called (`openai` or `anthropic`)."""
+        return self.anthropic_body(request_id) if api == "anthropic" else self.openai_body(request_id)
+
+    def event(self, api: str, request_id: str) -> bytes:
+        """The final stream event for this error, in the format of the API the client called."""
+        return self.anthropic_event(request_id) if api == "anthropic" else self.openai_event(request_id)
+
+
+def model_not_allowed(key_name: str, model: str) -> ApiError:
+    return ApiError(
+        403, "permission_error", "model_not_allowed", f"key `{key_name}` may not use model `{model}`", "model"
+    )
+
+
+def model_not_found(model: str) -> ApiError:
+    message = f"model `{model}` does not exist on this gateway; GET /v1/models lists the models you may use"
+    return ApiError(404, "invalid_request_error", "model_not_found", message, "model")
+
 
 def invalid_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
     return ApiError(400, "invalid_request_error", code, message, param)
