@@ -75,6 +75,12 @@ fn bench(c: &mut Criterion) {
     group.bench_function("relay_openai_500_events_1k_chunks", |b| {
         b.iter(|| black_box(relay_all(relay.chunks(1024))))
     });
+    // The issue-3 comparison's size (`benches/test_sse_native_vs_python.py`).
+    let relay = relay_stream(36);
+    group.throughput(Throughput::Bytes(relay.len() as u64));
+    group.bench_function("relay_openai_36_events_1k_chunks", |b| {
+        b.iter(|| black_box(relay_all(relay.chunks(1024))))
+    });
     group.finish();
 }
 

@@ -21,15 +21,16 @@
 //!   itself matches.
 //! - Every other event is forwarded unchanged.
 //!
-//! **Output text, counted lazily.** The data of forwarded chunks is kept, unread, until
-//! [`OpenAIChatStream::take_output_text`] reads it: the text the model produced (content,
+//! **Output text, counted lazily.** The bytes forwarded are kept, unread (one copy per
+//! `feed`, not per event), until [`OpenAIChatStream::take_output_text`] parses them again: the text the model produced (content,
 //! refusal, reasoning, and tool-call names and arguments, in order) for counting output
 //! tokens when the provider reports no usage (a broken stream, a client that left, a server
 //! that ignores `include_usage`). A stream whose usage arrives is never read twice, and a
 //! caller that needs a running count (a live budget) reads the new part as it goes. Chunks
 //! that are not JSON are skipped and counted ([`OpenAIChatStream::unreadable_events`]). The
-//! kept data is capped (`max_pending_bytes`); past the cap, further data is dropped and
-//! counted ([`OpenAIChatStream::dropped_text_bytes`]), so a count from it is a lower bound.
+//! kept bytes are capped (`max_pending_bytes`); past the cap, the output of further `feed`s is
+//! dropped and counted ([`OpenAIChatStream::dropped_text_bytes`]), so a count from it is a
+//! lower bound.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -59,14 +60,16 @@ pub struct OpenAIChatStream {
     parser: SseParser,
     strip_usage: bool,
     max_pending: usize,
-    /// Bytes for the client, rebuilt by each `feed`.
-    out: Vec<u8>,
     done: bool,
     usage: Option<String>,
     events: u64,
-    /// Data of forwarded chunks not yet read for output text, each followed by `\0` (which
-    /// cannot occur in JSON text, so it separates them unambiguously).
-    pending: String,
+    /// Bytes forwarded and not yet read for output text: whole events in canonical SSE form.
+    /// Each `feed` writes the client's bytes at its end and returns them from there, so they
+    /// are kept without a second copy.
+    pending: Vec<u8>,
+    /// The last `feed` took `pending` past its cap: cut it back to this length (what it was
+    /// before that feed) once the caller is done with the returned bytes.
+    trim_to: Option<usize>,
     unreadable: u64,
     dropped: u64,
     /// The first error seen, sticky: a stream that failed once is not trusted again.
@@ -79,11 +82,11 @@ impl OpenAIChatStream {
             parser: SseParser::new(max_line_bytes),
             strip_usage,
             max_pending: max_pending_bytes,
-            out: Vec::new(),
             done: false,
             usage: None,
             events: 0,
-            pending: String::new(),
+            pending: Vec::new(),
+            trim_to: None,
             unreadable: 0,
             dropped: 0,
             failed: None,
@@ -97,21 +100,16 @@ impl OpenAIChatStream {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
-        self.out.clear();
-        // Room for this chunk at once: what is forwarded and kept is never much more than it.
-        self.out.reserve(chunk.len() + 64);
-        if self.pending.len() + chunk.len() <= self.max_pending {
-            self.pending.reserve(chunk.len());
-        }
+        self.trim();
+        let start = self.pending.len();
+        // Room for this chunk at once: what is forwarded is never much more than it.
+        self.pending.reserve(chunk.len() + 64);
         let mut state = Relay {
             strip_usage: self.strip_usage,
-            max_pending: self.max_pending,
-            out: &mut self.out,
+            out: &mut self.pending,
             done: &mut self.done,
             usage: &mut self.usage,
             events: &mut self.events,
-            pending: &mut self.pending,
-            dropped: &mut self.dropped,
             error: None,
         };
         let parsed = self
@@ -123,11 +121,22 @@ impl OpenAIChatStream {
             (Ok(()), None) => None,
         };
         if let Some(err) = error {
-            self.out.clear();
+            self.pending.truncate(start);
             self.failed = Some(err.clone());
             return Err(err);
         }
-        Ok(&self.out)
+        if self.pending.len() > self.max_pending {
+            self.dropped += (self.pending.len() - start) as u64;
+            self.trim_to = Some(start);
+        }
+        Ok(&self.pending[start..])
+    }
+
+    /// Drop the output of a `feed` that went past the cap on unread bytes.
+    fn trim(&mut self) {
+        if let Some(len) = self.trim_to.take() {
+            self.pending.truncate(len);
+        }
     }
 
     /// `data: [DONE]` arrived: the stream is complete.
@@ -150,22 +159,30 @@ impl OpenAIChatStream {
         self.unreadable
     }
 
-    /// Bytes of chunk data dropped because the unread data reached its cap.
+    /// Bytes of output not kept for [`OpenAIChatStream::take_output_text`] because the unread
+    /// bytes reached their cap.
     pub fn dropped_text_bytes(&self) -> u64 {
         self.dropped
     }
 
     /// The output text of the chunks forwarded since the last call, appended to `text`.
     pub fn take_output_text(&mut self, text: &mut String) {
-        let pending = std::mem::take(&mut self.pending);
-        for data in pending.split_terminator('\0') {
-            match serde_json::from_str::<Chunk<'_>>(data) {
-                Ok(chunk) => chunk.push_text(text),
-                Err(_) => self.unreadable += 1,
+        self.trim();
+        // What was forwarded is whole events that passed the parser once (no line is longer
+        // than one the stream's parser accepted, or the stream failed).
+        let mut parser = SseParser::new(usize::MAX);
+        let unreadable = &mut self.unreadable;
+        let parsed = parser.feed_with(&self.pending, &mut |event| {
+            if event.data == DONE {
+                return;
             }
-        }
+            match serde_json::from_str::<Chunk<'_>>(event.data) {
+                Ok(chunk) => chunk.push_text(text),
+                Err(_) => *unreadable += 1,
+            }
+        });
+        debug_assert!(parsed.is_ok(), "the relay's own output parses");
         // Reuse the allocation for what comes next.
-        self.pending = pending;
         self.pending.clear();
     }
 }
@@ -173,13 +190,10 @@ impl OpenAIChatStream {
 /// The per-event work of one `feed`, over borrowed state (the parser is borrowed separately).
 struct Relay<'s> {
     strip_usage: bool,
-    max_pending: usize,
     out: &'s mut Vec<u8>,
     done: &'s mut bool,
     usage: &'s mut Option<String>,
     events: &'s mut u64,
-    pending: &'s mut String,
-    dropped: &'s mut u64,
     error: Option<ChatStreamError>,
 }
 
@@ -196,8 +210,8 @@ impl Relay<'_> {
             return;
         }
         let bytes = data.as_bytes();
-        let (has_usage_object, usage_null_at) = usage_members(bytes);
-        if has_usage_object {
+        let members = usage_members(bytes);
+        if members.object {
             match serde_json::from_str::<UsageProbe<'_>>(data) {
                 Ok(probe) => {
                     if let Some(usage) = probe.usage.filter(|u| u.get().starts_with('{')) {
@@ -215,45 +229,36 @@ impl Relay<'_> {
                 }
             }
         }
-        self.keep(data);
-        if let Some(first) = usage_null_at.filter(|_| self.strip_usage) {
-            let plain = event.event.is_none()
-                && event.id.is_none()
-                && event.retry.is_none()
-                && memchr::memchr2(b'\r', b'\n', bytes).is_none();
-            if plain {
-                // The common case, written without an intermediate copy.
-                self.out.extend_from_slice(b"data: ");
-                let mut rest = bytes;
-                let mut at = Some(first);
-                while let Some(i) = at {
+        let Some(first) = members.first_null.filter(|_| self.strip_usage) else {
+            event.write_wire(self.out);
+            return;
+        };
+        let plain = event.single_line
+            && event.event.is_none()
+            && event.id.is_none()
+            && event.retry.is_none();
+        if plain {
+            // The common case (every chunk of a stream the gateway asked usage for), written
+            // without an intermediate copy.
+            self.out.extend_from_slice(b"data: ");
+            self.out.extend_from_slice(&bytes[..first]);
+            let mut rest = &bytes[first + USAGE_NULL.len()..];
+            if members.more_nulls {
+                while let Some(i) = find_usage_null(rest) {
                     self.out.extend_from_slice(&rest[..i]);
                     rest = &rest[i + USAGE_NULL.len()..];
-                    at = find_usage_null(rest);
                 }
-                self.out.extend_from_slice(rest);
-                self.out.extend_from_slice(b"\n\n");
-            } else {
-                let data = data.replace(",\"usage\":null", "");
-                EventRef {
-                    data: &data,
-                    ..event
-                }
-                .write_wire(self.out);
             }
-            return;
+            self.out.extend_from_slice(rest);
+            self.out.extend_from_slice(b"\n\n");
+        } else {
+            let data = data.replace(",\"usage\":null", "");
+            EventRef {
+                data: &data,
+                ..event
+            }
+            .write_wire(self.out);
         }
-        event.write_wire(self.out);
-    }
-
-    /// Keep a forwarded chunk's data for `take_output_text`, within the cap.
-    fn keep(&mut self, data: &str) {
-        if self.pending.len() + data.len() + 1 > self.max_pending {
-            *self.dropped += data.len() as u64;
-            return;
-        }
-        self.pending.push_str(data);
-        self.pending.push('\0');
     }
 }
 
@@ -264,11 +269,20 @@ static USAGE_FINDER: LazyLock<memmem::Finder<'static>> =
 static USAGE_NULL_FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"usage\":null"));
 
-/// One scan for `"usage"` members: whether one may hold an object (then the chunk is read as
-/// JSON to be sure: the scan cannot tell a key from text inside a string, the parse can), and
-/// where the first `,"usage":null` starts (the member the gateway's `include_usage` adds).
-fn usage_members(bytes: &[u8]) -> (bool, Option<usize>) {
-    let (mut object, mut null_at) = (false, None);
+/// What one scan for `"usage"` members found.
+#[derive(Default)]
+struct UsageMembers {
+    /// One may hold an object (then the chunk is read as JSON to be sure: the scan cannot
+    /// tell a key from text inside a string, the parse can).
+    object: bool,
+    /// Where the first `,"usage":null` starts (the member the gateway's `include_usage` adds).
+    first_null: Option<usize>,
+    /// Another `,"usage":null` follows the first.
+    more_nulls: bool,
+}
+
+fn usage_members(bytes: &[u8]) -> UsageMembers {
+    let mut found = UsageMembers::default();
     for at in USAGE_FINDER.find_iter(bytes) {
         if at == 0 || bytes[at - 1] != b'"' {
             continue;
@@ -279,14 +293,18 @@ fn usage_members(bytes: &[u8]) -> (bool, Option<usize>) {
             .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
             .map_or(&b""[..], |i| &after[i..]);
         if value.starts_with(b"null") {
-            if null_at.is_none() && at > 1 && bytes[at - 2] == b',' && after.starts_with(b":null") {
-                null_at = Some(at - 2);
+            if at > 1 && bytes[at - 2] == b',' && after.starts_with(b":null") {
+                if found.first_null.is_none() {
+                    found.first_null = Some(at - 2);
+                } else {
+                    found.more_nulls = true;
+                }
             }
         } else {
-            object = true;
+            found.object = true;
         }
     }
-    (object, null_at)
+    found
 }
 
 /// Where the next `,"usage":null` starts in `bytes`.
@@ -502,9 +520,11 @@ mod tests {
     #[test]
     fn pending_text_is_capped() {
         let mut s = OpenAIChatStream::new(false, DEFAULT_MAX_LINE_BYTES, 200);
-        let input = whole(&[&chunk("aaaa"), &chunk("bbbb"), &chunk("cccc")]);
-        relay(&mut s, input.as_bytes(), &[]);
-        assert!(s.dropped_text_bytes() > 0);
+        let first = chunk("aaaa");
+        let input = whole(&[&first, &chunk("bbbb"), &chunk("cccc")]);
+        // One event per network read: the first fits under the cap, the others do not.
+        relay(&mut s, input.as_bytes(), &[first.len(), 2 * first.len()]);
+        assert_eq!(s.dropped_text_bytes(), 2 * first.len() as u64);
         let mut text = String::new();
         s.take_output_text(&mut text);
         assert_eq!(text, "aaaa");

@@ -112,6 +112,7 @@ impl Event {
             data: &self.data,
             id: self.id.as_deref(),
             retry: self.retry,
+            single_line: false,
         }
     }
 
@@ -135,6 +136,9 @@ pub struct EventRef<'a> {
     pub id: Option<&'a str>,
     /// A reconnection time (milliseconds) set by `retry` since the previous dispatched event.
     pub retry: Option<u64>,
+    /// Whether `data` came from one `data` line, so it holds no line break: a relay can write
+    /// it back as one line without scanning it again. `false` when not known.
+    pub single_line: bool,
 }
 
 impl EventRef<'_> {
@@ -211,7 +215,7 @@ fn data_line_value(line: &[u8]) -> Option<&str> {
         Some(b':') => value[1..].strip_prefix(b" ").unwrap_or(&value[1..]),
         Some(_) => return None,
     };
-    std::str::from_utf8(value).ok()
+    simdutf8::basic::from_utf8(value).ok()
 }
 
 /// The value of a `retry` field: ASCII digits only, fitting in `u64`.
@@ -226,7 +230,7 @@ fn parse_retry(value: &[u8]) -> Option<u64> {
 }
 
 fn push_lossy(buf: &mut String, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(text) => buf.push_str(text),
         Err(_) => buf.push_str(&String::from_utf8_lossy(bytes)),
     }
@@ -251,6 +255,8 @@ pub struct SseParser {
     /// A `data` line was seen since the last dispatch; the standard's "data buffer is not
     /// empty", which cannot be read from `data` since one empty `data` line leaves it empty.
     saw_data: bool,
+    /// More than one `data` line since the last dispatch (`data` holds a line break).
+    multiline: bool,
     event_type: String,
     id_buffer: String,
     pending_retry: Option<u64>,
@@ -276,6 +282,7 @@ impl SseParser {
             bom_held: 0,
             data: String::new(),
             saw_data: false,
+            multiline: false,
             event_type: String::new(),
             id_buffer: String::new(),
             pending_retry: None,
@@ -390,9 +397,25 @@ impl SseParser {
                 self.check_len(self.line.len() + part.len())?;
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(part);
-                self.process_line(&line, out);
+                // A `data` line split across chunks (one per network read on a busy stream):
+                // the same shortcut as above once it is whole.
+                let single = !self.saw_data && rest.get(end..end + 2) == Some(b"\n\n");
+                let dispatched = match single.then(|| data_line_value(&line)).flatten() {
+                    Some(data) => {
+                        self.dispatch_single(data, out);
+                        true
+                    }
+                    None => {
+                        self.process_line(&line, out);
+                        false
+                    }
+                };
                 line.clear();
                 self.line = line;
+                if dispatched {
+                    rest = &rest[end + 2..];
+                    continue;
+                }
             }
             if rest[end] == b'\r' {
                 match rest.get(end + 1) {
@@ -440,6 +463,7 @@ impl SseParser {
             b"data" => {
                 if self.saw_data {
                     self.data.push('\n');
+                    self.multiline = true;
                 }
                 self.saw_data = true;
                 push_lossy(&mut self.data, value);
@@ -475,6 +499,7 @@ impl SseParser {
             data,
             id: (!self.last_event_id.is_empty()).then_some(self.last_event_id.as_str()),
             retry: self.pending_retry.take(),
+            single_line: true,
         });
         self.event_type.clear();
     }
@@ -494,6 +519,7 @@ impl SseParser {
             data: &self.data,
             id: (!self.last_event_id.is_empty()).then_some(self.last_event_id.as_str()),
             retry: self.pending_retry.take(),
+            single_line: !std::mem::take(&mut self.multiline),
         });
         // Cleared, not taken: the allocations are reused by the next event.
         self.data.clear();
