@@ -388,6 +388,24 @@ def test_flush_waits_only_for_what_was_submitted_before_it() -> None:
     assert writer.close(10)
 
 
+def test_the_writer_keeps_up_while_the_submitting_thread_never_yields_the_gil(sink: SqliteLedger) -> None:
+    # The gateway's event loop under load: pure Python work, never waiting on I/O, so the writer
+    # thread gets the GIL only when the interpreter forces a switch (every 5 ms). The writer
+    # takes the GIL a few times per batch (its inserts are multi-row statements), so it keeps
+    # up with a busy worker's rate instead of dropping records.
+    writer = LedgerWriter(sink, queue_size=1000, batch_size=500, flush_interval_s=0.05, retention_days=0)
+    submitted, deadline = 0, time.perf_counter() + 1.5
+    next_at = time.perf_counter()
+    while time.perf_counter() < deadline:
+        if time.perf_counter() >= next_at:  # about 2,000 records a second, spinning in between
+            writer.submit(record(submitted))
+            submitted += 1
+            next_at += 0.0005
+    assert writer.close(30)
+    assert writer.dropped == 0, writer.stats()
+    assert sink.count() == submitted > 1000
+
+
 def test_records_survive_a_restart(db: Path) -> None:
     config = LedgerConfig(path=str(db), flush_interval_ms=10, retention_days=0)  # the records are from 2025
     ledger = Ledger(config)

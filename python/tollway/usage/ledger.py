@@ -334,20 +334,35 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1,)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_INSERT = """
-    INSERT OR REPLACE INTO "requests" (
-        "request_id", "received_at", "finished_at", "endpoint", "key", "team", "user",
-        "requested_model", "provider", "upstream_model", "status", "error_code",
-        "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
-        "cost_usd", "cost_source", "prompt_source", "completion_source",
-        "latency_ms", "ttft_ms", "stream", "client_disconnected", "record"
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+_COLUMNS = (
+    "request_id", "received_at", "finished_at", "endpoint", "key", "team", "user",
+    "requested_model", "provider", "upstream_model", "status", "error_code",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cost_usd", "cost_source", "prompt_source", "completion_source",
+    "latency_ms", "ttft_ms", "stream", "client_disconnected", "record",
+)  # fmt: skip
+_ROW_PLACEHOLDERS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+
+
+def _insert_sql(rows: int) -> str:
+    """One INSERT of `rows` rows: a whole slice of a batch in one statement."""
+    columns = ", ".join(f'"{c}"' for c in _COLUMNS)
+    return f'INSERT OR REPLACE INTO "requests" ({columns}) VALUES ' + ", ".join([_ROW_PLACEHOLDERS] * rows)
+
+
+# Rows per INSERT, largest first: a batch is written as a few multi-row statements (at most
+# three of each size), so only a handful of distinct statements are ever prepared and cached.
+# Why not `executemany`: it releases and re-takes the GIL around every row's step, and while
+# the event loop is busy each re-take waits for the interpreter's switch interval (5 ms),
+# starving this thread (the queue fills, records are dropped) and forcing a thread switch on
+# the request path per row. A multi-row statement takes the GIL once per statement.
+_STATEMENT_ROWS = (256, 64, 16, 4, 1)
+_INSERTS = {n: _insert_sql(n) for n in _STATEMENT_ROWS}
 
 _encode = msgspec.json.Encoder().encode
 _decoder = msgspec.json.Decoder(UsageRecord)
 
-_ROWS_PER_SLICE = 32
+_ROWS_PER_SLICE = 64
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
@@ -493,17 +508,24 @@ class SqliteLedger:
     def write_batch(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        rows: list[tuple[Any, ...]] = []
+        values: list[Any] = []
         for start in range(0, len(records), _ROWS_PER_SLICE):
-            rows.extend(_row(r) for r in records[start : start + _ROWS_PER_SLICE])
+            for r in records[start : start + _ROWS_PER_SLICE]:
+                values.extend(_row(r))
             # Building rows is Python work that holds the GIL; the request path runs in another
             # thread of this process. Yield between slices so a batch never holds it for long
             # (otherwise the event loop waits up to the 5 ms switch interval: a latency spike).
             time.sleep(0)
+        width = len(_COLUMNS)
 
         def insert() -> None:
             with self._transaction() as conn:
-                conn.executemany(_INSERT, rows)
+                at, left = 0, len(records)
+                for rows in _STATEMENT_ROWS:
+                    while left >= rows:
+                        conn.execute(_INSERTS[rows], values[at * width : (at + rows) * width])
+                        at += rows
+                        left -= rows
 
         self._retry_busy(insert)
 
