@@ -17,7 +17,8 @@ Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `redis-policies`: the same policies with their counters in Redis (`[state] backend =
   "redis"`, a `redis-server` the bench starts on loopback): one script call per request to
   admit and one to settle. Its CPU per request is printed too (the scripts run there).
-- `no-ledger`, `no-metrics`, `no-access-log`: one part of the accounting off at a time.
+- `no-ledger`, `no-metrics`, `no-access-log`: one part of the accounting off at a time;
+  `ledger-only`, `metrics-only`: one part on at a time.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ VARIANTS = {
     "no-ledger": "[ledger]\nenabled = false\n",
     "no-metrics": "[metrics]\nenabled = false\n",
     "no-access-log": "[logging]\naccess_log = false\n",
+    # One part of the accounting on at a time (what issue 4's "ledger and metrics" costs, split).
+    "ledger-only": "[metrics]\nenabled = false\n[logging]\naccess_log = false\n",
+    "metrics-only": "[ledger]\nenabled = false\n[logging]\naccess_log = false\n",
 }
 
 
@@ -181,11 +185,73 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def interleaved(variants: list[str], args: argparse.Namespace, up_port: int, redis_url: str, workdir: Path) -> None:
+    """Every variant's gateway up at once; rounds of one short wrk run each, in turn; medians.
+
+    On a shared machine whose speed drifts by tens of percent within minutes, variants measured
+    one after another (the default mode) differ by the drift; here each round measures them all
+    within a few seconds, and each variant's figure is also given relative to the first
+    variant's in the same round (the median of those ratios is the figure to read)."""
+    import statistics
+
+    names = list(dict.fromkeys(variants))
+    gateways = {n: start_gateway(up_port, VARIANTS[n].replace("{redis_url}", redis_url), workdir) for n in names}
+    samples: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}  # req/s, CPU us, p50 ms
+    try:
+        for _, port in gateways.values():
+            wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, 4, 2, True)  # warm up
+        print(
+            f"tollway e2e, interleaved: {len(names)} gateways, {args.rounds} rounds of {args.duration}s each,"
+            f" {args.connections} connections, non-streaming"
+        )
+        for i in range(args.rounds):
+            order = names if i % 2 == 0 else names[::-1]  # no variant always first
+            for name in order:
+                proc, port = gateways[name]
+                before = cpu_seconds(proc.pid)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                tp = wrk(url, BODY, args.connections, args.duration, True)
+                cpu_us = (cpu_seconds(proc.pid) - before) / (tp["rps"] * args.duration) * 1e6
+                latency = wrk(url, BODY, 1, max(1, args.duration // 2), True)
+                samples[name].append((tp["rps"], cpu_us, latency["p50_ms"]))
+            print(
+                f"  round {i + 1}: "
+                + "   ".join(
+                    f"{n} {r:.0f} req/s {c:.0f} us p50 {p:.3f} ms" for n in names for r, c, p in [samples[n][-1]]
+                )
+            )
+    finally:
+        for proc, _ in gateways.values():
+            stop(proc)
+    base = names[0]
+    print(f"\n[interleaved, medians of {args.rounds} rounds; ratios to `{base}` taken per round]")
+    for name in names:
+        pairs = list(zip(samples[name], samples[base], strict=True))
+        rps = statistics.median(s[0] for s, _ in pairs)
+        rps_ratio = statistics.median(s[0] / b[0] for s, b in pairs)
+        cpu = statistics.median(s[1] for s, _ in pairs)
+        cpu_ratio = statistics.median(s[1] / b[1] for s, b in pairs)
+        p50 = statistics.median(s[2] for s, _ in pairs)
+        p50_delta = statistics.median(s[2] - b[2] for s, b in pairs)
+        print(
+            f"  {name:>13}: {rps:6.0f} req/s ({rps_ratio:.3f}x {base}), gateway CPU {cpu:6.1f} us/request"
+            f" ({cpu_ratio:.3f}x {base}), p50 at 1 connection {p50:.3f} ms ({p50_delta:+.3f} ms vs {base})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--variants", default="default", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleaved mode: start every variant's gateway at once, then measure them in turn,"
+        " this many rounds of --duration seconds each, and print medians (non-streaming throughput"
+        " and CPU only; the machine's drift then hits every variant alike)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
@@ -208,6 +274,9 @@ def main() -> None:
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models", upstream)
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        if args.rounds:
+            interleaved(variants, args, up_port, redis_url, workdir)
+            return
         print(f"tollway e2e overhead: {args.duration}s per run, wrk -t1, one gateway worker, mock upstream")
         results: dict[str, dict[str, float]] = {}
         for i, variant in enumerate(variants):
