@@ -233,14 +233,7 @@ fn o200k_piece_end(bytes: &[u8], pos: usize) -> Option<usize> {
         return digits_end(bytes, pos);
     }
     // ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
-    let punctuation = if c == OTHER {
-        Some(pos)
-    } else if bytes[pos] == b' ' && bytes.get(pos + 1).map(|&b| class(b)) == Some(OTHER) {
-        Some(pos + 1)
-    } else {
-        None
-    };
-    if let Some(start) = punctuation {
+    if let Some(start) = punctuation_start(bytes, pos, c) {
         let mut end = run_end(bytes, start, OTHER)?;
         while matches!(bytes.get(end), Some(b'\r' | b'\n' | b'/')) {
             end += 1;
@@ -248,6 +241,18 @@ fn o200k_piece_end(bytes: &[u8], pos: usize) -> Option<usize> {
         return Some(end);
     }
     whitespace_end(bytes, pos)
+}
+
+/// Where the punctuation run of ` ?[^\s\p{L}\p{N}]+` starts, if that rule can match at `pos`
+/// (whose byte has class `c`): at `pos`, or past one leading space.
+fn punctuation_start(bytes: &[u8], pos: usize, c: u8) -> Option<usize> {
+    if c == OTHER {
+        Some(pos)
+    } else if bytes[pos] == b' ' && bytes.get(pos + 1).map(|&b| class(b)) == Some(OTHER) {
+        Some(pos + 1)
+    } else {
+        None
+    }
 }
 
 /// The end of the `cl100k_base` piece that starts at `pos`, or `None` to ask the regex.
@@ -274,14 +279,7 @@ fn cl100k_piece_end(bytes: &[u8], pos: usize) -> Option<usize> {
         return digits_end(bytes, pos);
     }
     // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
-    let punctuation = if c == OTHER {
-        Some(pos)
-    } else if bytes[pos] == b' ' && bytes.get(pos + 1).map(|&b| class(b)) == Some(OTHER) {
-        Some(pos + 1)
-    } else {
-        None
-    };
-    if let Some(start) = punctuation {
+    if let Some(start) = punctuation_start(bytes, pos, c) {
         let end = run_end(bytes, start, OTHER)?;
         return run_end(bytes, end, NEWLINE);
     }
