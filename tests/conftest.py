@@ -62,14 +62,26 @@ def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], deadline_s: f
     raise TimeoutError(f"server on port {port} not ready within {deadline_s}s")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> str:
-    """SIGTERM, wait, SIGKILL if needed; return everything it printed."""
+# `tollway serve` gives a worker that does not stop on SIGTERM 30 s (Granian's
+# `workers_kill_timeout`) before it kills it; wait past that before killing anything ourselves.
+STOP_TIMEOUT_S = 35.0
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> str:
+    """SIGTERM, wait, SIGKILL if needed; return everything it printed.
+
+    The SIGKILL goes to the process group when the process leads one (`start_gateway` starts
+    each gateway in its own session): killing only Granian's parent would leave its workers
+    running, holding the output pipe open (reading it would then block)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
             proc.wait(5)
     if proc.stdout is None or proc.stdout.closed:
         return ""  # stopped before, and its output read then
@@ -137,6 +149,7 @@ def start_gateway(config_text: str, tmp: Path, env: dict[str, str] | None = None
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its workers can be killed with it (see `stop`)
     )
     wait_http(port, "/healthz", proc)
     wait_http(port, "/readyz", proc)
