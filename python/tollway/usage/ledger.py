@@ -352,10 +352,11 @@ def _insert_sql(rows: int) -> str:
 
 # Rows per INSERT, largest first: a batch is written as a few multi-row statements (at most
 # three of each size), so only a handful of distinct statements are ever prepared and cached.
-# Why not `executemany`: it releases and re-takes the GIL around every row's step, and while
-# the event loop is busy each re-take waits for the interpreter's switch interval (5 ms),
-# starving this thread (the queue fills, records are dropped) and forcing a thread switch on
-# the request path per row. A multi-row statement takes the GIL once per statement.
+# Why not `executemany`: it releases and re-takes the GIL around every row's step, a thread
+# switch with the event loop per row; a multi-row statement takes the GIL once per statement.
+# Measured in process (2026-12-05): 29 instead of 36 us of writer CPU per record, and under a
+# saturating load (a busy event loop, 13-17k records/s) 9.5k records written in 2 s instead
+# of 6.5k. At a real worker's rates both keep up.
 _STATEMENT_ROWS = (256, 64, 16, 4, 1)
 _INSERTS = {n: _insert_sql(n) for n in _STATEMENT_ROWS}
 

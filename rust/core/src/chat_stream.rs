@@ -21,9 +21,10 @@
 //!   itself matches.
 //! - Every other event is forwarded unchanged.
 //!
-//! **Output text, counted lazily.** The bytes forwarded are kept, unread (one copy per
-//! `feed`, not per event), until [`OpenAIChatStream::take_output_text`] parses them again: the text the model produced (content,
-//! refusal, reasoning, and tool-call names and arguments, in order) for counting output
+//! **Output text, counted lazily.** The bytes forwarded are kept, unread (written once, as
+//! they are produced), until [`OpenAIChatStream::take_output_text`] parses them again: the
+//! text the model produced (content, refusal, reasoning, and tool-call names and arguments,
+//! in order) for counting output
 //! tokens when the provider reports no usage (a broken stream, a client that left, a server
 //! that ignores `include_usage`). A stream whose usage arrives is never read twice, and a
 //! caller that needs a running count (a live budget) reads the new part as it goes. Chunks
