@@ -14,6 +14,9 @@ Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `bare`: ledger, metrics and access log off: what the accounting costs is the difference.
 - `policies`: 100 policies, 5 of which match each request (request rate, token rate,
   concurrency, a token budget, parameter bounds): what admission and settlement cost.
+- `policies-unmatched`: only the 95 that never match; `policies-rate`, `-tokens`,
+  `-concurrency`, `-budget`, `-params`: those 95 and one matching policy of that kind (the
+  cost of `policies`, split).
 - `redis-policies`: the same policies with their counters in Redis (`[state] backend =
   "redis"`, a `redis-server` the bench starts on loopback): one script call per request to
   admit and one to settle. Its CPU per request is printed too (the scripts run there).
@@ -100,24 +103,31 @@ VARIANTS = {
 }
 
 
+_UNMATCHED = "".join(
+    f'[[policies]]\nname = "other-{i}"\nmatch = {{ key = "other-{i}" }}\nper = "key"\nrequests = "100/min"\n'
+    for i in range(95)
+)
+# The five policies that match the benchmark's requests, by what they exercise.
+_MATCHING = {
+    "rate": '[[policies]]\nname = "rpm"\nmatch = { key = "bench" }\nper = "key"\nrequests = "1000000/s"\n',
+    "tokens": '[[policies]]\nname = "tpm"\nmatch = { key = "bench" }\nper = "key"\ntokens = "1000M/min"\n',
+    "concurrency": '[[policies]]\nname = "inflight"\nmatch = { model = "bench" }\nper = "key"\nconcurrency = 100000\n',
+    "budget": '[[policies]]\nname = "daily"\nmatch = { key = "bench" }\nper = "key"\n'
+    'budget = { tokens = 1_000_000_000_000, per = "day" }\n',
+    "params": '[[policies]]\nname = "bounds"\nmatch = { key = "bench" }\nparams = { max_tokens = 100000, n = 1 }\n',
+}
+
+
 def _hundred_policies() -> str:
     """100 policies, 5 of which match the benchmark's requests (a typical request's share)."""
-    out = [
-        f'[[policies]]\nname = "other-{i}"\nmatch = {{ key = "other-{i}" }}\nper = "key"\nrequests = "100/min"\n'
-        for i in range(95)
-    ]
-    out.append('[[policies]]\nname = "rpm"\nmatch = { key = "bench" }\nper = "key"\nrequests = "1000000/s"\n')
-    out.append('[[policies]]\nname = "tpm"\nmatch = { key = "bench" }\nper = "key"\ntokens = "1000M/min"\n')
-    out.append('[[policies]]\nname = "inflight"\nmatch = { model = "bench" }\nper = "key"\nconcurrency = 100000\n')
-    out.append(
-        '[[policies]]\nname = "daily"\nmatch = { key = "bench" }\nper = "key"\n'
-        'budget = { tokens = 1_000_000_000_000, per = "day" }\n'
-    )
-    out.append('[[policies]]\nname = "bounds"\nmatch = { key = "bench" }\nparams = { max_tokens = 100000, n = 1 }\n')
-    return "".join(out)
+    return _UNMATCHED + "".join(_MATCHING.values())
 
 
 VARIANTS["policies"] = _hundred_policies()
+# The same cost split: the 95 that never match, then each matching kind alone beside them.
+VARIANTS["policies-unmatched"] = _UNMATCHED
+for _kind, _text in _MATCHING.items():
+    VARIANTS[f"policies-{_kind}"] = _UNMATCHED + _text
 VARIANTS["redis-policies"] = _hundred_policies() + '[state]\nbackend = "redis"\nurl = "{redis_url}"\n'
 
 

@@ -116,6 +116,20 @@ def test_request_rate_per_partition_with_headers() -> None:
     assert e.evaluate(facts()).denied is None
 
 
+def test_verdicts_show_the_burst_and_dollars_as_people_read_them() -> None:
+    e = engine(
+        {"name": "bursty", "requests": {"limit": 10, "per": "1m", "burst": 20}},
+        {"name": "plain", "requests": "10/min"},
+        {"name": "spend", "budget": {"usd": 0.5, "per": "day"}},
+    )
+    a = e.evaluate(facts(prompt=0, params={"max_tokens": 1000}, model_info=PRICED))
+    by_policy = {v.policy: v for v in a.verdicts}
+    assert by_policy["bursty"].detail == "at most 20 at once" and by_policy["bursty"].limit == 10
+    assert by_policy["plain"].detail is None
+    spend = by_policy["spend"]
+    assert (spend.limit, spend.requested, spend.unit, spend.window) == (0.5, 0.05, "usd", "day")
+
+
 def test_token_rate_reserves_prompt_and_output_then_settles() -> None:
     e = engine({"name": "tpm", "tokens": "1000/1h"})
     a = e.evaluate(facts(prompt=100, params={"max_tokens": 400}))
