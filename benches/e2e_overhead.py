@@ -126,8 +126,7 @@ def _hundred_policies() -> str:
 VARIANTS["policies"] = _hundred_policies()
 # The same cost split: the 95 that never match, then each matching kind alone beside them.
 VARIANTS["policies-unmatched"] = _UNMATCHED
-for _kind, _text in _MATCHING.items():
-    VARIANTS[f"policies-{_kind}"] = _UNMATCHED + _text
+VARIANTS.update({f"policies-{kind}": _UNMATCHED + text for kind, text in _MATCHING.items()})
 VARIANTS["redis-policies"] = _hundred_policies() + '[state]\nbackend = "redis"\nurl = "{redis_url}"\n'
 
 

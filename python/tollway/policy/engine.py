@@ -155,19 +155,14 @@ class LimitRule:
     window: str  # for people: `1m`, `month`, `rolling 24h`
     amounts: Amounts | None = None  # token rates and budgets
     budget: BudgetSpec | None = None
-    # Derived once, read by every verdict: the limit as people read it, and the burst note.
-    limit_display: float = field(init=False, compare=False)
-    burst_note: str | None = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        spec = self.spec
-        object.__setattr__(self, "limit_display", self.display(spec.limit))
-        note = f"at most {spec.burst:,} at once" if spec.burst and spec.burst != spec.limit else None
-        object.__setattr__(self, "burst_note", note)
 
     def display(self, amount: int) -> float:
         """An amount in the unit people read: USD for dollar budgets (kept in micro-USD)."""
         return amount / 1_000_000 if self.spec.unit == "usd" else float(amount)
+
+    @property
+    def limit_display(self) -> float:
+        return self.display(self.spec.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -899,9 +894,12 @@ def _verdict(
     detail: str | None = None,
 ) -> PolicyVerdict:
     # Positional: a verdict is made per matching limit per request, and keywords cost more.
+    spec = rule.spec
+    if detail is None and spec.burst and spec.burst != spec.limit:
+        detail = f"at most {spec.burst:,} at once"
     return PolicyVerdict(
         policy.name,
-        rule.spec.kind,
+        spec.kind,
         verdict,
         policy.mode,
         partition,
@@ -912,8 +910,8 @@ def _verdict(
         remaining,
         retry_after_s,
         resets_at,
-        rule.spec.unit,
-        rule.burst_note if detail is None else detail,
+        spec.unit,
+        detail,
     )
 
 
