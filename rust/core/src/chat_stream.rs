@@ -47,6 +47,10 @@ const USAGE_NULL: &[u8] = b",\"usage\":null";
 /// By default keep at most this much unread chunk data per stream (far above any real answer).
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
 
+/// Room reserved for the forwarded bytes at a stream's first chunk: a short answer's stream
+/// (a hundred events of OpenAI's chunks is about 18 KB).
+const INITIAL_PENDING_BYTES: usize = 16 << 10;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatStreamError {
     #[error(transparent)]
@@ -103,8 +107,15 @@ impl OpenAIChatStream {
         }
         self.trim();
         let start = self.pending.len();
-        // Room for this chunk at once: what is forwarded is never much more than it.
-        self.pending.reserve(chunk.len() + 64);
+        // Room for this chunk at once: what is forwarded is never much more than it. The first
+        // chunk reserves room for a short answer's whole stream, which then never reallocates
+        // (growing from one chunk's size copied as many bytes again as the stream had).
+        let wanted = chunk.len() + 64;
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(wanted.max(INITIAL_PENDING_BYTES));
+        } else {
+            self.pending.reserve(wanted);
+        }
         let mut state = Relay {
             strip_usage: self.strip_usage,
             out: &mut self.pending,
@@ -271,7 +282,7 @@ static USAGE_NULL_FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"usage\":null"));
 
 /// What one scan for `"usage"` members found.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct UsageMembers {
     /// One may hold an object (then the chunk is read as JSON to be sure: the scan cannot
     /// tell a key from text inside a string, the parse can).
@@ -282,7 +293,28 @@ struct UsageMembers {
     more_nulls: bool,
 }
 
+/// `,"usage":null` where OpenAI puts it, closing the chunk (on every chunk of a stream the
+/// gateway asked usage for).
+const USAGE_NULL_LAST: &[u8] = b",\"usage\":null}";
+
 fn usage_members(bytes: &[u8]) -> UsageMembers {
+    // The common case in one search instead of two: the chunk closes with the member, and no
+    // other `usage"` comes before it. (No match of the needle can start before the member and
+    // end inside it: the member starts with `,`, which the needle does not hold.)
+    if let Some(body) = bytes.strip_suffix(USAGE_NULL_LAST) {
+        if USAGE_FINDER.find(body).is_none() {
+            return UsageMembers {
+                object: false,
+                first_null: Some(body.len()),
+                more_nulls: false,
+            };
+        }
+    }
+    scan_usage_members(bytes)
+}
+
+/// Every `"usage"` member of `bytes`, by one scan.
+fn scan_usage_members(bytes: &[u8]) -> UsageMembers {
     let mut found = UsageMembers::default();
     for at in USAGE_FINDER.find_iter(bytes) {
         if at == 0 || bytes[at - 1] != b'"' {
@@ -547,8 +579,40 @@ mod tests {
         assert_eq!(out, "event: delta\nid: 7\ndata: {\"choices\":[]}\n\n");
     }
 
+    #[test]
+    fn the_closing_member_shortcut_finds_what_the_scan_finds() {
+        for data in [
+            r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#,
+            r#"{"usage":null,"choices":[],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1},"usage":null}"#,
+            r#"{"choices":[{"delta":{"content":"\"usage\": 3"}}],"usage":null}"#,
+            r#"{"x":"usage\"","usage":null}"#,
+            r#","usage":null}"#,
+            r#"{"choices":[],"usage":null }"#,
+            r#"{"choices":[],"usage":{}}"#,
+        ] {
+            let bytes = data.as_bytes();
+            assert_eq!(usage_members(bytes), scan_usage_members(bytes), "{data}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The shortcut for chunks that close with `,"usage":null` answers as the full scan.
+        #[test]
+        fn usage_members_match_the_full_scan(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just(r#""usage""#), Just(":"), Just("null"), Just(","), Just("{"), Just("}"),
+                    Just(r#"\""#), Just("usage"), Just(" "), Just("x"), Just(r#","usage":null}"#),
+                ],
+                0..12,
+            ),
+        ) {
+            let data = parts.concat();
+            prop_assert_eq!(usage_members(data.as_bytes()), scan_usage_members(data.as_bytes()));
+        }
 
         /// Relaying is independent of where the network splits the stream.
         #[test]
