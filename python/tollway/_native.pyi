@@ -2,6 +2,8 @@
 
 from typing import final
 
+from tollway.usage.record import PolicyVerdict
+
 __version__: str
 
 @final
@@ -408,3 +410,52 @@ class BudgetWindow:
         """Reservations outstanding."""
     def __len__(self) -> int:
         """Keys held."""
+
+@final
+class Admitter:
+    """One configuration's limit rules over the memory backend's limiters, admitted per request
+    in one call (`tollway.policy.engine` builds it; see `rust/py/src/admission.rs`).
+
+    `rules` are dicts with `limiter` (the rule's `TokenBucket`, `ConcurrencyLimiter` or
+    `BudgetWindow`), `kind`, `limit`, `usd`, `count` (`None` for one per request), `cached_weight`,
+    `reasoning_weight`, `estimate_price` (`(input, output)` micro-USD per token for an unpriced
+    model at settlement, or `None`), `window`, `unit`, `limit_display`, `burst_note`; `policies`
+    are dicts with `name`, `mode`, `enforce`, `per` (`(attribute, index into attrs)` pairs) and
+    `rules` (indices into `rules`); `verdict` is called with a `PolicyVerdict`'s fields in order.
+    """
+
+    def __init__(self, rules: list[dict[str, object]], policies: list[dict[str, object]], verdict: object) -> None: ...
+    def admit(
+        self,
+        matched: list[int],
+        attrs: list[str | None],
+        prompt: int,
+        output: int,
+        usd: int,
+        now: float,
+    ) -> tuple[
+        list[PolicyVerdict],
+        Holds | None,
+        tuple[int, int, str, Denial] | None,
+        tuple[int, int, float] | None,
+        tuple[int, int, float] | None,
+        bool,
+    ]:
+        """Admit the limit rules of the `matched` policies, all or none: returns the verdicts,
+        the holds (`None` if denied or nothing is held), the first enforcing denial as
+        `(policy, rule, partition, Denial)`, the tightest enforcing request and token limits as
+        `(limit, remaining, reset_after)`, and whether a shadow policy would have denied."""
+    def __len__(self) -> int:
+        """Limit rules."""
+
+@final
+class Holds:
+    """What an admitted request holds until it ends: reservations and leases."""
+
+    def settle(self, prompt: int, completion: int, cached: int, reasoning: int, cost: int | None, now: float) -> None:
+        """Settle every reservation at what the request used (`cost` in micro-USD for dollar
+        budgets, `None` when unpriced), end every lease. A second call does nothing."""
+    def release(self, now: float) -> None:
+        """Give back everything held (the request made no model call)."""
+    def __len__(self) -> int:
+        """Reservations and leases held."""

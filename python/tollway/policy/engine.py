@@ -22,6 +22,11 @@ Evaluation (per request, `PolicyEngine.evaluate`):
    `evaluate` asks the memory backend synchronously; `evaluate_async` serves any backend (the
    Redis backend answers every take of the request in one round trip, and its answers may be
    degraded: see `tollway.policy.state`).
+   With the memory backend, steps 3 and 4 run natively in one call each (`_admit_natively`,
+   `tollway._native.Admitter`: the same rules over the same limiters, with the verdicts and
+   headers made there too) for every rule but audit and truncating budgets and dollar budgets
+   on unpriced models, which take the Python path (`_plan`, `MemoryBackend.admit`, `_limits`).
+   `tests/test_policy_native.py` holds the two paths to the same decisions.
 4. Settlement (`Admission.settle`, when the request ends): each reservation is replaced by the
    actual amount (tokens weighted as configured; cost in micro-USD, rounded up); a request that
    made no model call releases everything (`Admission.release`).
@@ -45,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tollway._native import PolicySet
+from tollway._native import Admitter, Holds, PolicySet
 from tollway.config._toml_lines import format_path
 from tollway.errors import ConfigError, PolicyError
 from tollway.policy.config import (
@@ -178,6 +183,11 @@ class CompiledPolicy:
     mode: str = "enforce"
     # Whether it has access rules or parameter bounds to check (most policies only limit).
     checks: bool = False
+    # Whether the native admission serves its limit rules (see `tollway._native.Admitter`):
+    # every rule but audit and truncating budgets.
+    native: bool = True
+    # What its limit rules need of the request (`_NEEDS_*` bits).
+    needs: int = 0
 
     def partition(self, facts: RequestFacts) -> str:
         per = self.per
@@ -187,6 +197,23 @@ class CompiledPolicy:
             name = per[0]
             return f"{name}={getattr(facts, name) or '-'}"
         return ",".join(f"{a}={getattr(facts, a) or '-'}" for a in per)
+
+
+# What a policy's limit rules need of the request before admission (`CompiledPolicy.needs`).
+_NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD = 1, 2, 4
+
+
+def _needs(limits: Sequence[LimitRule]) -> int:
+    needs = 0
+    for rule in limits:
+        if rule.amounts is None:
+            continue
+        needs |= _NEEDS_OUTPUT
+        if rule.spec.unit == "usd":
+            needs |= _NEEDS_USD | _NEEDS_PROMPT
+        elif rule.amounts.count != "output":
+            needs |= _NEEDS_PROMPT
+    return needs
 
 
 # -- compiling ------------------------------------------------------------------------------
@@ -370,6 +397,8 @@ def _compile(
                 enforce=policy.mode == "enforce",
                 mode=policy.mode,
                 checks=has_access or params is not None,
+                native=not any(r.budget is not None and r.budget.on_exceed != "block" for r in limits),
+                needs=_needs(limits),
             )
         )
     try:
@@ -406,6 +435,15 @@ def _reset_text(seconds: float) -> str:
     return secs_text
 
 
+def _ratelimit_headers(kind: str, limit: int, remaining: int, reset_after: float) -> list[tuple[str, str]]:
+    """OpenAI's `x-ratelimit-*-{requests,tokens}` headers for the tightest limit of a kind."""
+    return [
+        (f"x-ratelimit-limit-{kind}", str(limit)),
+        (f"x-ratelimit-remaining-{kind}", str(remaining)),
+        (f"x-ratelimit-reset-{kind}", _reset_text(reset_after)),
+    ]
+
+
 def _human(amount: float, unit: str) -> str:
     if unit == "usd":
         return f"${amount / 1_000_000:,.6f}".rstrip("0").rstrip(".")
@@ -420,6 +458,7 @@ class Admission:
     __slots__ = (
         "_backend",
         "_held",
+        "_native",
         "clamps",
         "denied",
         "headers",
@@ -439,12 +478,25 @@ class Admission:
         # What the request holds until it ends; a hold without an id (an audit budget) is
         # charged by debit at settlement.
         self._held: list[tuple[Held, LimitRule]] = []
+        # What the native admission holds, and the clock to settle it by.
+        self._native: tuple[Holds, Callable[[], float]] | None = None
 
     def hold(self, held: Held, rule: LimitRule) -> None:
         self._held.append((held, rule))
 
     def settle(self, usage: Usage, cost_micro_usd: int | None) -> None:
         """The request ended with this usage (`cost_micro_usd`: `None` when unpriced)."""
+        if self._native is not None:
+            holds, clock = self._native
+            self._native = None
+            holds.settle(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+                cost_micro_usd,
+                clock(),
+            )
         if self._backend is None or not self._held:
             return
         items: list[tuple[Held, int | None]] = []
@@ -462,6 +514,10 @@ class Admission:
 
     def release(self) -> None:
         """The request ended without a model call: give back everything it reserved."""
+        if self._native is not None:
+            holds, clock = self._native
+            self._native = None
+            holds.release(clock())
         if self._backend is None or not self._held:
             return
         items: list[tuple[Held, int | None]] = [(held, None) for held, _ in self._held]
@@ -495,6 +551,49 @@ class PolicyEngine:
         self.clock = clock
         self._params = self.compiled.matcher.params
         self._allow_params = self.compiled.allow_matcher.params if self.compiled.allow_matcher else []
+        self._native_rules: list[LimitRule] = []
+        self._native = self._admitter()
+
+    def _admitter(self) -> Admitter | None:
+        """The native admission of the limit rules, over the memory backend's limiters."""
+        backend = self.backend
+        if not isinstance(backend, MemoryBackend) or not any(p.limits for p in self.compiled.policies):
+            return None
+        rules: list[dict[str, Any]] = []
+        policies: list[dict[str, Any]] = []
+        self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
+        for policy in self.compiled.policies:
+            ids = []
+            for rule in policy.limits:
+                spec = rule.spec
+                limit = backend.limit(spec)
+                budget = rule.budget
+                ids.append(len(rules))
+                rules.append(
+                    {
+                        "limiter": next(x for x in (limit.bucket, limit.leases, limit.budget) if x is not None),
+                        "kind": spec.kind,
+                        "limit": spec.limit,
+                        "usd": spec.unit == "usd",
+                        "count": rule.amounts.count if rule.amounts is not None else None,
+                        "cached_weight": rule.amounts.cached_weight if rule.amounts is not None else 1.0,
+                        "reasoning_weight": rule.amounts.reasoning_weight if rule.amounts is not None else 1.0,
+                        "estimate_price": (
+                            tuple(budget.estimate_price) if budget is not None and budget.unpriced != "allow" else None
+                        ),
+                        "window": rule.window,
+                        "unit": spec.unit,
+                        "limit_display": rule.limit_display,
+                        "burst_note": f"at most {spec.burst:,} at once"
+                        if spec.burst and spec.burst != spec.limit
+                        else None,
+                    }
+                )
+            per = [(name, PARTITION_ATTRIBUTES.index(name)) for name in policy.per]
+            policies.append(
+                {"name": policy.name, "mode": policy.mode, "enforce": policy.enforce, "per": per, "rules": ids}
+            )
+        return Admitter(rules, policies, PolicyVerdict)
 
     def __len__(self) -> int:
         return len(self.compiled.policies)
@@ -568,7 +667,67 @@ class PolicyEngine:
                     )
             admission.denied = first_denial[1]
             return admission, None
+        if self._native is not None and self._admit_natively(matched, policies, facts, admission):
+            return admission, None
         return admission, self._plan(policies, facts)
+
+    def _admit_natively(
+        self, matched: list[int], policies: Sequence[CompiledPolicy], facts: RequestFacts, admission: Admission
+    ) -> bool:
+        """Admit the limit rules in one native call; False if some rule needs the Python path
+        (an audit or truncating budget, a dollar budget on an unpriced model)."""
+        needs = 0
+        for policy in policies:
+            if not policy.native:
+                return False
+            needs |= policy.needs
+        prompt = facts.prompt_tokens() if needs & _NEEDS_PROMPT else 0
+        output = self._output_bound(facts) if needs & _NEEDS_OUTPUT else 0
+        usd = 0
+        if needs & _NEEDS_USD:
+            estimate = estimate_micro_usd(facts.model_info, prompt, output)
+            if estimate is None:
+                return False
+            usd = estimate
+        assert self._native is not None
+        backend = self.backend
+        assert isinstance(backend, MemoryBackend)
+        verdicts, holds, denial, requests, tokens, shadow = self._native.admit(
+            matched,
+            [
+                facts.key,
+                facts.team,
+                facts.user,
+                facts.model,
+                facts.resolved_model,
+                facts.provider,
+                facts.endpoint,
+                facts.ip,
+            ],
+            prompt,
+            output,
+            usd,
+            backend.clock(),
+        )
+        if admission.verdicts:
+            admission.verdicts.extend(verdicts)
+        else:
+            admission.verdicts = verdicts
+        if denial is not None:
+            policy_index, rule_index, partition, answer = denial
+            policy = self.compiled.policies[policy_index]
+            admission.denied = self._limit_error(policy, self._native_rules[rule_index], answer, partition)
+            return True
+        if holds is not None:
+            admission._native = (holds, backend.clock)
+        headers = admission.headers
+        if requests is not None:
+            headers += _ratelimit_headers("requests", *requests)
+        if tokens is not None:
+            headers += _ratelimit_headers("tokens", *tokens)
+        if shadow or admission.verdicts is not verdicts:
+            self._shadow_header(admission)
+        return True
 
     # -- access and parameter rules ----------------------------------------------------------
     def _access_and_params(
@@ -813,7 +972,7 @@ class PolicyEngine:
                 )
                 verdicts.append(verdict)
                 if policy.enforce and denial is None:
-                    denial = (verdict, self._limit_error(policy, rule, answer, take))
+                    denial = (verdict, self._limit_error(policy, rule, answer, take.partition))
             elif isinstance(answer, StoreUnavailable):
                 verdict = _verdict(
                     policy, rule, partition, "degraded_deny" if policy.enforce else "would_deny", detail=degraded
@@ -833,14 +992,12 @@ class PolicyEngine:
             admission.denied = denial[1]
             return
         for header_kind, (_, grant, rule) in sorted(tightest.items()):
-            admission.headers.extend(
-                [
-                    (f"x-ratelimit-limit-{header_kind}", str(rule.spec.limit)),
-                    (f"x-ratelimit-remaining-{header_kind}", str(grant.remaining)),
-                    (f"x-ratelimit-reset-{header_kind}", _reset_text(grant.reset_after)),
-                ]
-            )
-        shadow = {v.policy for v in verdicts if v.verdict in _SHADOW_VERDICTS}
+            admission.headers += _ratelimit_headers(header_kind, rule.spec.limit, grant.remaining, grant.reset_after)
+        self._shadow_header(admission)
+
+    @staticmethod
+    def _shadow_header(admission: Admission) -> None:
+        shadow = {v.policy for v in admission.verdicts if v.verdict in _SHADOW_VERDICTS}
         if shadow:
             admission.headers.append(("x-tollway-shadow-deny", ", ".join(sorted(shadow))))
 
@@ -856,7 +1013,7 @@ class PolicyEngine:
         prompt_cost = facts.prompt_tokens() * info.input
         return max(0, math.floor((reserved - prompt_cost) / info.output)) if info.output > 0 else None
 
-    def _limit_error(self, policy: CompiledPolicy, rule: LimitRule, answer: AnyDenial, take: Take) -> ApiError:
+    def _limit_error(self, policy: CompiledPolicy, rule: LimitRule, answer: AnyDenial, partition: str) -> ApiError:
         spec = rule.spec
         code, remedy = _KIND_CODES[spec.kind]
         used = _human(answer.used, spec.unit)
@@ -870,7 +1027,7 @@ class PolicyEngine:
             if answer.retry_after is not None
             else "; this request alone is over the limit, so waiting will not help"
         )
-        scope = f" for {take.partition}" if take.partition != "*" else ""
+        scope = f" for {partition}" if partition != "*" else ""
         message = (
             f"{'budget' if spec.kind == 'budget' else 'limit'} reached: policy `{policy.name}` allows {limit}{window}"
             f"{scope}; {used} in use, this request needs {requested}{when}. Remedy: {remedy}."

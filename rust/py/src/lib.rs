@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod admission;
 mod chat_stream;
 mod errors;
 mod eventstream;
@@ -16,6 +17,8 @@ mod tokens;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<admission::Admitter>()?;
+    m.add_class::<admission::Holds>()?;
     m.add_class::<chat_stream::OpenAIChatStream>()?;
     m.add_class::<eventstream::EventStreamDecoder>()?;
     m.add_class::<eventstream::EventStreamMessage>()?;

@@ -23,7 +23,7 @@ const DEFAULT_MAX_KEYS: usize = 100_000;
 const DEFAULT_TTL_SECONDS: f64 = 600.0;
 
 /// `now` in ms: the given seconds rounded to the nearest ms, or the system clock.
-fn now_ms(now: Option<f64>) -> PyResult<u64> {
+pub(crate) fn now_ms(now: Option<f64>) -> PyResult<u64> {
     match now {
         None => Ok(SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -46,11 +46,11 @@ fn seconds_to_ms(name: &str, seconds: f64) -> PyResult<u64> {
     }
 }
 
-fn seconds(ms: u64) -> f64 {
+pub(crate) fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The core does not panic; if it ever did mid-call, its state is still a valid limiter
     // state (every change is a single assignment), so keep going rather than fail forever.
     mutex
@@ -113,7 +113,7 @@ impl Denial {
     }
 }
 
-fn answer(py: Python<'_>, check: Check) -> PyResult<Py<PyAny>> {
+pub(crate) fn answer(py: Python<'_>, check: Check) -> PyResult<Py<PyAny>> {
     Ok(match check {
         Check::Admitted(grant) => Py::new(
             py,
@@ -190,7 +190,7 @@ impl RateLimiter {
 /// with reservations settled at the actual usage.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct TokenBucket {
-    inner: Mutex<core::TokenBucket>,
+    pub(crate) inner: Mutex<core::TokenBucket>,
 }
 
 #[pymethods]
@@ -267,7 +267,7 @@ impl TokenBucket {
 /// At most `limit` requests in flight per key; leases expire after `lease_ttl` seconds.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct ConcurrencyLimiter {
-    inner: Mutex<core::ConcurrencyLimiter>,
+    pub(crate) inner: Mutex<core::ConcurrencyLimiter>,
 }
 
 #[pymethods]
@@ -315,7 +315,7 @@ impl ConcurrencyLimiter {
 /// Usage caps per calendar or rolling window, in tokens or integer micro-USD.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct BudgetWindow {
-    inner: Mutex<core::BudgetWindow>,
+    pub(crate) inner: Mutex<core::BudgetWindow>,
 }
 
 impl BudgetWindow {

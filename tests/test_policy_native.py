@@ -1,0 +1,179 @@
+"""The native admission (`tollway._native.Admitter`) decides as the engine's Python path does.
+
+Two engines over the same policies, each with its own memory backend on one fake clock: one
+admits natively (the default for the memory backend), the other is made to take the Python path
+(`_plan`, `MemoryBackend.admit`, `_limits`). The same requests, settlements, releases and
+clock steps go to both; every verdict (all fields), header, denial and settlement must agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tollway.policy.config import PolicyConfig
+from tollway.policy.engine import Admission, PolicyEngine, RequestFacts
+from tollway.policy.state import MemoryBackend
+from tollway.usage import Usage
+from tollway.usage.catalog import ModelInfo
+
+T0 = 1_767_225_600.0
+PRICED = ModelInfo(name="m", input=2.5, output=10.0, max_output_tokens=4_000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engines(policies: list[dict[str, Any]]) -> tuple[PolicyEngine, PolicyEngine, Clock]:
+    clock = Clock()
+    configs = [msgspec.convert(p, PolicyConfig) for p in policies]
+    native = PolicyEngine(configs, backend=MemoryBackend(clock=clock), clock=clock)
+    python = PolicyEngine(configs, backend=MemoryBackend(clock=clock), clock=clock)
+    python._native = None
+    assert native._native is not None
+    return native, python, clock
+
+
+def outcome(admission: Admission) -> tuple[Any, ...]:
+    denied = admission.denied
+    error = None if denied is None else (denied.status, denied.code, denied.message, denied.headers)
+    return (
+        [msgspec.structs.astuple(v) for v in admission.verdicts],
+        admission.headers,
+        error,
+        admission.clamps,
+        admission.output_cap,
+    )
+
+
+def facts(key: str, model: str, prompt: int, max_tokens: int | None, priced: bool) -> RequestFacts:
+    return RequestFacts(
+        key=key,
+        team="research" if key == "alice" else "",
+        model=model,
+        resolved_model=model,
+        provider="openai",
+        endpoint="/v1/chat/completions",
+        params={} if max_tokens is None else {"max_tokens": float(max_tokens)},
+        count_prompt=lambda: prompt,
+        model_info=PRICED if priced else None,
+    )
+
+
+rates = st.builds(lambda limit, burst, per: {"limit": limit, "burst": burst, "per": per},
+                  st.integers(1, 5), st.integers(1, 8), st.sampled_from(["1s", "1m"]))  # fmt: skip
+token_rates = st.builds(
+    lambda limit, count, cw, rw: {"limit": limit, "per": "1m", "count": count, "cached_weight": cw,
+                                  "reasoning_weight": rw},
+    st.integers(50, 3000), st.sampled_from(["input", "output", "total"]),
+    st.sampled_from([0.1, 1.0, 1.5]), st.sampled_from([1.0, 2.0]),
+)  # fmt: skip
+budgets = st.one_of(
+    st.builds(lambda n, per, count: {"tokens": n, "per": per, "count": count},
+              st.integers(100, 5000), st.sampled_from(["day", "1h"]), st.sampled_from(["input", "total"])),
+    st.builds(lambda usd, unpriced: {"usd": usd, "per": "month", "unpriced": unpriced, "estimate_price": [1.0, 3.0]},
+              st.sampled_from([0.01, 0.05]), st.sampled_from(["block", "estimate", "allow"])),
+    st.builds(lambda n, on_exceed: {"tokens": n, "per": "day", "on_exceed": on_exceed},
+              st.integers(100, 3000), st.sampled_from(["audit", "truncate"])),
+)  # fmt: skip
+
+
+@st.composite
+def policy(draw: st.DrawFn, i: int) -> dict[str, Any]:
+    p: dict[str, Any] = {"name": f"p{i}", "mode": draw(st.sampled_from(["enforce", "enforce", "shadow"]))}
+    p["per"] = draw(st.sampled_from(["key", ["key", "team"], ["model"], []]))
+    if draw(st.booleans()):
+        p["match"] = {"model": draw(st.sampled_from(["gpt-4o", "gpt-4o*"]))}
+    kinds = draw(st.lists(st.sampled_from(["requests", "tokens", "concurrency", "budget"]), min_size=1, max_size=3,
+                          unique=True))  # fmt: skip
+    for kind in kinds:
+        if kind == "requests":
+            p["requests"] = draw(rates)
+        elif kind == "tokens":
+            p["tokens"] = draw(token_rates)
+        elif kind == "concurrency":
+            p["concurrency"] = draw(st.integers(1, 3))
+        else:
+            p["budget"] = draw(budgets)
+    return p
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("admit"), st.sampled_from(["alice", "bob"]), st.sampled_from(["gpt-4o", "gpt-4o-mini"]),
+                  st.integers(0, 400), st.one_of(st.none(), st.integers(1, 600)), st.booleans()),
+        st.tuples(st.just("settle"), st.integers(0, 7), st.integers(0, 600), st.integers(0, 300),
+                  st.one_of(st.none(), st.integers(0, 9000))),
+        st.tuples(st.just("release"), st.integers(0, 7)),
+        st.tuples(st.just("wait"), st.sampled_from([0.2, 1.0, 30.0, 3600.0])),
+    ),
+    min_size=1,
+    max_size=30,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), steps=steps)
+def test_native_admission_decides_as_the_python_path(data: st.DataObject, steps: list[tuple[Any, ...]]) -> None:
+    n = data.draw(st.integers(1, 4))
+    policies = [data.draw(policy(i)) for i in range(n)]
+    native, python, clock = engines(policies)
+    held: list[tuple[Admission, Admission]] = []
+    for step in steps:
+        if step[0] == "admit":
+            _, key, model, prompt, max_tokens, priced = step
+            a = native.evaluate(facts(key, model, prompt, max_tokens, priced))
+            b = python.evaluate(facts(key, model, prompt, max_tokens, priced))
+            assert outcome(a) == outcome(b)
+            if a.denied is None:
+                held.append((a, b))
+        elif step[0] == "settle" and held:
+            _, at, prompt, completion, cost = step
+            a, b = held.pop(at % len(held))
+            usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=prompt // 3,
+                          reasoning_tokens=completion // 4)  # fmt: skip
+            a.settle(usage, cost)
+            b.settle(usage, cost)
+        elif step[0] == "release" and held:
+            a, b = held.pop(step[1] % len(held))
+            a.release()
+            b.release()
+        elif step[0] == "wait":
+            clock.now += step[1]
+    # What is left held is the same too: a last request sees the same counters.
+    for a, b in held:
+        a.release()
+        b.release()
+    last = facts("alice", "gpt-4o", 10, 10, True)
+    assert outcome(native.evaluate(last)) == outcome(python.evaluate(facts("alice", "gpt-4o", 10, 10, True)))
+
+
+def test_the_native_path_serves_the_common_rules_and_leaves_the_rest_to_python() -> None:
+    native, _, _ = engines(
+        [
+            {"name": "rpm", "per": "key", "requests": "10/min"},
+            {"name": "usd", "budget": {"usd": 1, "per": "day", "unpriced": "estimate"}},
+            {
+                "name": "audit",
+                "match": {"key": "audited"},
+                "budget": {"tokens": 100, "per": "day", "on_exceed": "audit"},
+            },
+        ]
+    )
+    served = native.evaluate(facts("alice", "gpt-4o", 10, 10, True))
+    assert served._native is not None and not served._held  # held natively
+    unpriced = native.evaluate(facts("alice", "gpt-4o", 10, 10, False))
+    assert unpriced._native is None and unpriced._held  # a dollar budget on an unpriced model
+    audited = native.evaluate(facts("audited", "gpt-4o", 10, 10, True))
+    assert audited._native is None and audited._held  # an audit budget
+    for admission in (served, unpriced, audited):
+        admission.settle(Usage(prompt_tokens=10, completion_tokens=10), 100)
+    assert served._native is None and not unpriced._held
