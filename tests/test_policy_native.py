@@ -69,7 +69,7 @@ def facts(key: str, model: str, prompt: int, max_tokens: int | None, priced: boo
 
 
 rates = st.builds(lambda limit, burst, per: {"limit": limit, "burst": burst, "per": per},
-                  st.integers(1, 5), st.integers(1, 8), st.sampled_from(["1s", "1m"]))  # fmt: skip
+                  st.integers(1, 5), st.integers(1, 8), st.sampled_from(["1s", "1m", "7h"]))  # fmt: skip
 token_rates = st.builds(
     lambda limit, count, cw, rw: {"limit": limit, "per": "1m", "count": count, "cached_weight": cw,
                                   "reasoning_weight": rw},

@@ -437,14 +437,14 @@ class Admitter:
         list[PolicyVerdict],
         Holds | None,
         tuple[int, int, str, Denial] | None,
-        tuple[int, int, float] | None,
-        tuple[int, int, float] | None,
+        list[tuple[str, str]],
         bool,
     ]:
         """Admit the limit rules of the `matched` policies, all or none: returns the verdicts,
         the holds (`None` if denied or nothing is held), the first enforcing denial as
-        `(policy, rule, partition, Denial)`, the tightest enforcing request and token limits as
-        `(limit, remaining, reset_after)`, and whether a shadow policy would have denied."""
+        `(policy, rule, partition, Denial)`, OpenAI's `x-ratelimit-*` headers for the tightest
+        enforcing request and token limits (none if denied), and whether a shadow policy would
+        have denied."""
     def __len__(self) -> int:
         """Limit rules."""
 

@@ -692,7 +692,7 @@ class PolicyEngine:
         assert self._native is not None
         backend = self.backend
         assert isinstance(backend, MemoryBackend)
-        verdicts, holds, denial, requests, tokens, shadow = self._native.admit(
+        verdicts, holds, denial, headers, shadow = self._native.admit(
             matched,
             [
                 facts.key,
@@ -709,7 +709,9 @@ class PolicyEngine:
             usd,
             backend.clock(),
         )
-        if admission.verdicts:
+        shadow_access = False
+        if admission.verdicts:  # from access and parameter rules
+            shadow_access = any(v.verdict in _SHADOW_VERDICTS for v in admission.verdicts)
             admission.verdicts.extend(verdicts)
         else:
             admission.verdicts = verdicts
@@ -720,12 +722,8 @@ class PolicyEngine:
             return True
         if holds is not None:
             admission._native = (holds, backend.clock)
-        headers = admission.headers
-        if requests is not None:
-            headers += _ratelimit_headers("requests", *requests)
-        if tokens is not None:
-            headers += _ratelimit_headers("tokens", *tokens)
-        if shadow or admission.verdicts is not verdicts:
+        admission.headers += headers
+        if shadow or shadow_access:
             self._shadow_header(admission)
         return True
 

@@ -291,11 +291,11 @@ impl Admitter {
     /// order); `prompt` and `output` the tokens to reserve; `usd` the dollar estimate in
     /// micro-USD (used only by dollar budgets); `now` in epoch seconds.
     ///
-    /// Returns `(verdicts, holds, denial, requests, tokens, shadow)`: the verdicts in order;
-    /// the holds to settle (`None` when denied or nothing is held); the first enforcing
-    /// denial as `(policy, rule, partition, Denial)`; the tightest enforcing request and token
-    /// limits as `(limit, remaining, reset_after)` (`None` when none applied or denied); and
-    /// whether a shadow policy would have denied.
+    /// Returns `(verdicts, holds, denial, headers, shadow)`: the verdicts in order; the holds
+    /// to settle (`None` when denied or nothing is held); the first enforcing denial as
+    /// `(policy, rule, partition, Denial)`; OpenAI's `x-ratelimit-*` headers for the tightest
+    /// enforcing request and token limits (none when denied); and whether a shadow policy
+    /// would have denied.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     #[pyo3(signature = (matched, attrs, prompt, output, usd, now))]
     fn admit<'py>(
@@ -314,7 +314,8 @@ impl Admitter {
         let mut made: Vec<(usize, u64)> = Vec::new();
         let mut denial: Option<Bound<'py, PyAny>> = None;
         let mut shadow = false;
-        let mut tightest: [Option<(u64, u64, f64)>; 2] = [None, None];
+        // The tightest enforcing request and token limits: (limit, remaining, reset in ms).
+        let mut tightest: [Option<(u64, u64, u64)>; 2] = [None, None];
         for &p in &matched {
             let Some(policy) = this.policies.get(p) else {
                 this.give_back(&made, now_ms);
@@ -374,7 +375,8 @@ impl Admitter {
                             if tightest[slot]
                                 .map_or(true, |(_, remaining, _)| grant.remaining < remaining)
                             {
-                                tightest[slot] = Some((rule.limit, grant.remaining, reset_after));
+                                tightest[slot] =
+                                    Some((rule.limit, grant.remaining, grant.reset_after_ms));
                             }
                         }
                     }
@@ -407,8 +409,18 @@ impl Admitter {
                 }
             }
         }
-        if denial.is_some() {
-            tightest = [None, None];
+        let headers = PyList::empty(py);
+        if denial.is_none() {
+            for (kind, tight) in [("requests", tightest[0]), ("tokens", tightest[1])] {
+                if let Some((limit, remaining, reset_ms)) = tight {
+                    headers.append((format!("x-ratelimit-limit-{kind}"), limit.to_string()))?;
+                    headers.append((
+                        format!("x-ratelimit-remaining-{kind}"),
+                        remaining.to_string(),
+                    ))?;
+                    headers.append((format!("x-ratelimit-reset-{kind}"), reset_text(reset_ms)))?;
+                }
+            }
         }
         // Admitted: request rates are final now (a request is a request, whatever it uses);
         // the rest is held until the request ends.
@@ -433,7 +445,7 @@ impl Admitter {
             )?
             .into_any()
         };
-        (verdicts, holds, denial, tightest[0], tightest[1], shadow).into_pyobject(py)
+        (verdicts, holds, denial, headers, shadow).into_pyobject(py)
     }
 
     fn __len__(&self) -> usize {
@@ -487,6 +499,29 @@ impl Admitter {
             ],
         )?;
         self.verdict.bind(py).call1(args)
+    }
+}
+
+/// OpenAI's duration format for `x-ratelimit-reset-*` (as the engine's `_reset_text`):
+/// `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.25s`.
+fn reset_text(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (hours, minutes) = (ms / 3_600_000, ms % 3_600_000 / 60_000);
+    let (whole, millis) = (ms % 60_000 / 1000, ms % 1000);
+    let mut secs = whole.to_string();
+    if millis > 0 {
+        let fraction = format!("{millis:03}");
+        secs.push('.');
+        secs.push_str(fraction.trim_end_matches('0'));
+    }
+    if hours > 0 {
+        format!("{hours}h{minutes}m{secs}s")
+    } else if minutes > 0 {
+        format!("{minutes}m{secs}s")
+    } else {
+        format!("{secs}s")
     }
 }
 
