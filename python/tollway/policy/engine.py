@@ -183,10 +183,8 @@ class CompiledPolicy:
     mode: str = "enforce"
     # Whether it has access rules or parameter bounds to check (most policies only limit).
     checks: bool = False
-    # Whether the native admission serves its limit rules (see `tollway._native.Admitter`):
-    # every rule but audit and truncating budgets.
-    native: bool = True
-    # What its limit rules need of the request (`_NEEDS_*` bits).
+    # What its limit rules need of the request (`_NEEDS_*` bits), and whether the native
+    # admission serves them (see `tollway._native.Admitter`).
     needs: int = 0
 
     def partition(self, facts: RequestFacts) -> str:
@@ -199,13 +197,16 @@ class CompiledPolicy:
         return ",".join(f"{a}={getattr(facts, a) or '-'}" for a in per)
 
 
-# What a policy's limit rules need of the request before admission (`CompiledPolicy.needs`).
-_NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD = 1, 2, 4
+# What a policy's limit rules need of the request before admission (`CompiledPolicy.needs`);
+# `_NEEDS_PYTHON`: a rule the native admission does not serve (an audit or truncating budget).
+_NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD, _NEEDS_PYTHON = 1, 2, 4, 8
 
 
 def _needs(limits: Sequence[LimitRule]) -> int:
     needs = 0
     for rule in limits:
+        if rule.budget is not None and rule.budget.on_exceed != "block":
+            needs |= _NEEDS_PYTHON
         if rule.amounts is None:
             continue
         needs |= _NEEDS_OUTPUT
@@ -397,7 +398,6 @@ def _compile(
                 enforce=policy.mode == "enforce",
                 mode=policy.mode,
                 checks=has_access or params is not None,
-                native=not any(r.budget is not None and r.budget.on_exceed != "block" for r in limits),
                 needs=_needs(limits),
             )
         )
@@ -646,9 +646,13 @@ class PolicyEngine:
         if self.compiled.allow_matcher is not None and any(p.allow_index is not None for p in policies):
             allowed = set(self._matches(self.compiled.allow_matcher, self._allow_params, facts))
         first_denial: tuple[PolicyVerdict, ApiError] | None = None
+        needs = 0
+        shadow_checks = False  # a shadow policy's access or parameter rule was checked
         for policy in policies:
+            needs |= policy.needs
             if not policy.checks:
                 continue
+            shadow_checks = shadow_checks or not policy.enforce
             for verdict, error in self._access_and_params(policy, facts, allowed, admission):
                 admission.verdicts.append(verdict)
                 if error is not None and policy.enforce and first_denial is None:
@@ -667,20 +671,19 @@ class PolicyEngine:
                     )
             admission.denied = first_denial[1]
             return admission, None
-        if self._native is not None and self._admit_natively(matched, policies, facts, admission):
+        if (
+            self._native is not None
+            and not needs & _NEEDS_PYTHON
+            and self._admit_natively(matched, needs, shadow_checks, facts, admission)
+        ):
             return admission, None
         return admission, self._plan(policies, facts)
 
     def _admit_natively(
-        self, matched: list[int], policies: Sequence[CompiledPolicy], facts: RequestFacts, admission: Admission
+        self, matched: list[int], needs: int, shadow_checks: bool, facts: RequestFacts, admission: Admission
     ) -> bool:
-        """Admit the limit rules in one native call; False if some rule needs the Python path
-        (an audit or truncating budget, a dollar budget on an unpriced model)."""
-        needs = 0
-        for policy in policies:
-            if not policy.native:
-                return False
-            needs |= policy.needs
+        """Admit the limit rules in one native call; False if the request needs the Python path
+        after all (a dollar budget on an unpriced model)."""
         prompt = facts.prompt_tokens() if needs & _NEEDS_PROMPT else 0
         output = self._output_bound(facts) if needs & _NEEDS_OUTPUT else 0
         usd = 0
@@ -709,9 +712,7 @@ class PolicyEngine:
             usd,
             backend.clock(),
         )
-        shadow_access = False
         if admission.verdicts:  # from access and parameter rules
-            shadow_access = any(v.verdict in _SHADOW_VERDICTS for v in admission.verdicts)
             admission.verdicts.extend(verdicts)
         else:
             admission.verdicts = verdicts
@@ -723,7 +724,7 @@ class PolicyEngine:
         if holds is not None:
             admission._native = (holds, backend.clock)
         admission.headers += headers
-        if shadow or shadow_access:
+        if shadow or shadow_checks:
             self._shadow_header(admission)
         return True
 

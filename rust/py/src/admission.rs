@@ -96,7 +96,7 @@ struct Rule {
     kind_name: Py<PyString>,
     window: Py<PyString>,
     unit: Py<PyString>,
-    limit_display: f64,
+    limit_display: Py<PyFloat>,
     burst_note: Option<Py<PyString>>,
 }
 
@@ -152,6 +152,9 @@ struct Policy {
     enforce: bool,
     /// The partition attributes, as indices into `admit`'s `attrs`.
     per: Vec<(Py<PyString>, usize)>,
+    /// Policies with the same partition attributes share an id: their partition is made once
+    /// per request.
+    per_id: usize,
     rules: Vec<usize>,
 }
 
@@ -221,7 +224,7 @@ fn rule_from(spec: RuleSpec<'_>) -> PyResult<Rule> {
         kind_name: PyString::new(py, &spec.kind).unbind(),
         window: spec.window.unbind(),
         unit: spec.unit.unbind(),
-        limit_display: spec.limit_display,
+        limit_display: PyFloat::new(py, spec.limit_display).unbind(),
         burst_note: spec.burst_note.map(Bound::unbind),
     })
 }
@@ -231,6 +234,8 @@ fn rule_from(spec: RuleSpec<'_>) -> PyResult<Rule> {
 pub struct Admitter {
     rules: Vec<Rule>,
     policies: Vec<Policy>,
+    /// Distinct partition attribute lists (`Policy::per_id`).
+    partitionings: usize,
     /// `tollway.usage.record.PolicyVerdict`, called for each verdict.
     verdict: Py<PyAny>,
 }
@@ -264,17 +269,27 @@ impl Admitter {
             .into_iter()
             .map(rule_from)
             .collect::<PyResult<Vec<_>>>()?;
+        let mut partitionings: Vec<Vec<usize>> = Vec::new();
         let policies = policies
             .into_iter()
             .map(|p| {
                 if let Some(&bad) = p.rules.iter().find(|&&r| r >= rules.len()) {
                     return Err(PyValueError::new_err(format!("no rule {bad}")));
                 }
+                let indices: Vec<usize> = p.per.iter().map(|(_, i)| *i).collect();
+                let per_id = partitionings
+                    .iter()
+                    .position(|known| *known == indices)
+                    .unwrap_or_else(|| {
+                        partitionings.push(indices);
+                        partitionings.len() - 1
+                    });
                 Ok(Policy {
                     name: p.name.unbind(),
                     mode: p.mode.unbind(),
                     enforce: p.enforce,
                     per: p.per.into_iter().map(|(n, i)| (n.unbind(), i)).collect(),
+                    per_id,
                     rules: p.rules,
                 })
             })
@@ -282,6 +297,7 @@ impl Admitter {
         Ok(Self {
             rules,
             policies,
+            partitionings: partitionings.len(),
             verdict,
         })
     }
@@ -314,6 +330,7 @@ impl Admitter {
         let mut made: Vec<(usize, u64)> = Vec::new();
         let mut denial: Option<Bound<'py, PyAny>> = None;
         let mut shadow = false;
+        let mut partitions: Vec<Option<Bound<'py, PyString>>> = vec![None; this.partitionings];
         // The tightest enforcing request and token limits: (limit, remaining, reset in ms).
         let mut tightest: [Option<(u64, u64, u64)>; 2] = [None, None];
         for &p in &matched {
@@ -321,7 +338,14 @@ impl Admitter {
                 this.give_back(&made, now_ms);
                 return Err(PyValueError::new_err(format!("no policy {p}")));
             };
-            let partition = partition(py, policy, &attrs)?;
+            let partition = match &partitions[policy.per_id] {
+                Some(known) => known.clone(),
+                None => {
+                    let made = partition(py, policy, &attrs)?;
+                    partitions[policy.per_id] = Some(made.clone());
+                    made
+                }
+            };
             for &r in &policy.rules {
                 let rule = &this.rules[r];
                 if denial.is_some() {
@@ -487,7 +511,7 @@ impl Admitter {
                 verdict.clone().into_any(),
                 policy.mode.bind(py).clone().into_any(),
                 partition.clone().into_any(),
-                PyFloat::new(py, rule.limit_display).into_any(),
+                rule.limit_display.bind(py).clone().into_any(),
                 rule.window.bind(py).clone().into_any(),
                 opt_float(py, n.used),
                 opt_float(py, n.requested),
