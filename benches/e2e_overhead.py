@@ -17,6 +17,8 @@ Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `policies-unmatched`: only the 95 that never match; `policies-rate`, `-tokens`,
   `-concurrency`, `-budget`, `-params`: those 95 and one matching policy of that kind (the
   cost of `policies`, split).
+- `bare-policies`: `bare` with the 100 policies: the engine's cost without the ledger,
+  metrics and access log that record its verdicts.
 - `redis-policies`: the same policies with their counters in Redis (`[state] backend =
   "redis"`, a `redis-server` the bench starts on loopback): one script call per request to
   admit and one to settle. Its CPU per request is printed too (the scripts run there).
@@ -127,6 +129,8 @@ VARIANTS["policies"] = _hundred_policies()
 # The same cost split: the 95 that never match, then each matching kind alone beside them.
 VARIANTS["policies-unmatched"] = _UNMATCHED
 VARIANTS.update({f"policies-{kind}": _UNMATCHED + text for kind, text in _MATCHING.items()})
+# Without the accounting: the engine's own cost, apart from recording five verdicts per request.
+VARIANTS["bare-policies"] = VARIANTS["bare"] + _hundred_policies()
 VARIANTS["redis-policies"] = _hundred_policies() + '[state]\nbackend = "redis"\nurl = "{redis_url}"\n'
 
 
