@@ -177,3 +177,15 @@ def test_the_native_path_serves_the_common_rules_and_leaves_the_rest_to_python()
     for admission in (served, unpriced, audited):
         admission.settle(Usage(prompt_tokens=10, completion_tokens=10), 100)
     assert served._native is None and not unpriced._held
+
+
+def test_out_of_range_max_tokens_is_decided_not_raised() -> None:
+    """A negative `max_tokens` reserves no output (the provider refuses it); one past any
+    counter (1e300) is refused by the token limit as a request alone over it."""
+    native, python, _ = engines([{"name": "tpm", "per": "key", "tokens": "10k/min"}])
+    for engine in (native, python):
+        negative = engine.evaluate(facts("alice", "gpt-4o", 10, -5, False))
+        assert negative.denied is None and negative.verdicts[0].requested == 10
+        absurd = engine.evaluate(facts("alice", "gpt-4o", 10, 10**300, False))
+        assert absurd.denied is not None and absurd.denied.status == 429
+        assert "this request alone is over the limit" in absurd.denied.message

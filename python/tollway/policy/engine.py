@@ -200,6 +200,8 @@ class CompiledPolicy:
 # What a policy's limit rules need of the request before admission (`CompiledPolicy.needs`);
 # `_NEEDS_PYTHON`: a rule the native admission does not serve (an audit or truncating budget).
 _NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD, _NEEDS_PYTHON = 1, 2, 4, 8
+# The largest output bound reserved (2^40 tokens: past every limit, within a limiter's counters).
+_OUTPUT_BOUND_CAP = 1 << 40
 
 
 def _needs(limits: Sequence[LimitRule]) -> int:
@@ -832,7 +834,10 @@ class PolicyEngine:
         if requested is None:
             bound = self.limits.default_max_output_tokens
             return min(bound, model_max) if model_max else bound
-        return int(min(requested, model_max)) if model_max else int(requested)
+        # As sent, within what a counter holds: a negative `max_tokens` reserves nothing (the
+        # provider refuses it), an absurd one more than any limit (the limit refuses it).
+        bound = min(requested, model_max) if model_max else requested
+        return int(min(max(bound, 0), _OUTPUT_BOUND_CAP))
 
     def _plan(self, policies: Sequence[CompiledPolicy], facts: RequestFacts) -> _Plan:
         """The takes of every limit rule of the matched policies, in order, with what each
