@@ -836,8 +836,8 @@ class PolicyEngine:
             return min(bound, model_max) if model_max else bound
         # As sent, within what a counter holds: a negative `max_tokens` reserves nothing (the
         # provider refuses it), an absurd one more than any limit (the limit refuses it).
-        bound = min(requested, model_max) if model_max else requested
-        return int(min(max(bound, 0), _OUTPUT_BOUND_CAP))
+        wanted = min(requested, model_max) if model_max else requested
+        return int(min(max(wanted, 0), _OUTPUT_BOUND_CAP))
 
     def _plan(self, policies: Sequence[CompiledPolicy], facts: RequestFacts) -> _Plan:
         """The takes of every limit rule of the matched policies, in order, with what each
