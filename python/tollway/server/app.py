@@ -25,8 +25,10 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -555,8 +557,25 @@ def _configure_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
+def _stop_on_signals_while_starting() -> None:
+    """In a worker forked by Granian's main process, give SIGTERM and SIGINT back their default
+    meaning (stop now) until Granian installs the worker's own handlers, after the factory.
+
+    The worker inherits the main process's Python handlers, which only set a flag on the main
+    process's server object: a SIGTERM that reached a worker still starting (loading the
+    config, opening the ledger, rebuilding budgets from it) set that flag in the worker's copy
+    and was lost, so the worker went on to serve and a shutdown waited out Granian's
+    `workers_kill_timeout` (30 s) before killing it. Nothing has been served at that point, so
+    stopping at once loses nothing."""
+    if multiprocessing.parent_process() is None or threading.current_thread() is not threading.main_thread():
+        return  # not a worker process (`tollway serve` always forks them), or not its main thread
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def create_app() -> Gateway:
     """Granian's factory: load the config named by `$TOLLWAY_CONFIG` (set by `tollway serve`)."""
+    _stop_on_signals_while_starting()
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise RuntimeError(f"${CONFIG_ENV} is not set; start the gateway with `tollway serve --config PATH`")
