@@ -2,7 +2,24 @@
 
 from typing import final
 
-from tollway.usage.record import PolicyVerdict
+# `PolicyVerdict`'s fields in order: policy, kind, verdict, mode, partition, limit, window, used,
+# requested, remaining, retry_after_s, resets_at, unit, detail.
+VerdictFields = tuple[
+    str,
+    str,
+    str,
+    str,
+    str,
+    float,
+    str,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    str,
+    str | None,
+]
 
 __version__: str
 
@@ -414,17 +431,17 @@ class BudgetWindow:
 @final
 class Admitter:
     """One configuration's limit rules over the memory backend's limiters, admitted per request
-    in one call (`tollway.policy.engine` builds it; see `rust/py/src/admission.rs`).
+    in one call (`tollway.policy.engine` builds it; see `rust/core/src/limiter/admission.rs`).
 
     `rules` are dicts with `limiter` (the rule's `TokenBucket`, `ConcurrencyLimiter` or
     `BudgetWindow`), `kind`, `limit`, `usd`, `count` (`None` for one per request), `cached_weight`,
     `reasoning_weight`, `estimate_price` (`(input, output)` micro-USD per token for an unpriced
     model at settlement, or `None`), `window`, `unit`, `limit_display`, `burst_note`; `policies`
     are dicts with `name`, `mode`, `enforce`, `per` (`(attribute, index into attrs)` pairs) and
-    `rules` (indices into `rules`); `verdict` is called with a `PolicyVerdict`'s fields in order.
+    `rules` (indices into `rules`).
     """
 
-    def __init__(self, rules: list[dict[str, object]], policies: list[dict[str, object]], verdict: object) -> None: ...
+    def __init__(self, rules: list[dict[str, object]], policies: list[dict[str, object]]) -> None: ...
     def admit(
         self,
         matched: list[int],
@@ -434,13 +451,14 @@ class Admitter:
         usd: int,
         now: float,
     ) -> tuple[
-        list[PolicyVerdict],
+        list[VerdictFields],
         Holds | None,
         tuple[int, int, str, Denial] | None,
         list[tuple[str, str]],
         bool,
     ]:
-        """Admit the limit rules of the `matched` policies, all or none: returns the verdicts,
+        """Admit the limit rules of the `matched` policies, all or none: returns each verdict's
+        `PolicyVerdict` fields in order,
         the holds (`None` if denied or nothing is held), the first enforcing denial as
         `(policy, rule, partition, Denial)`, OpenAI's `x-ratelimit-*` headers for the tightest
         enforcing request and token limits (none if denied), and whether a shadow policy would

@@ -595,7 +595,7 @@ class PolicyEngine:
             policies.append(
                 {"name": policy.name, "mode": policy.mode, "enforce": policy.enforce, "per": per, "rules": ids}
             )
-        return Admitter(rules, policies, PolicyVerdict)
+        return Admitter(rules, policies)
 
     def __len__(self) -> int:
         return len(self.compiled.policies)
@@ -697,7 +697,7 @@ class PolicyEngine:
         assert self._native is not None
         backend = self.backend
         assert isinstance(backend, MemoryBackend)
-        verdicts, holds, denial, headers, shadow = self._native.admit(
+        fields, holds, denial, headers, shadow = self._native.admit(
             matched,
             [
                 facts.key,
@@ -714,10 +714,8 @@ class PolicyEngine:
             usd,
             backend.clock(),
         )
-        if admission.verdicts:  # from access and parameter rules
-            admission.verdicts.extend(verdicts)
-        else:
-            admission.verdicts = verdicts
+        verdicts = admission.verdicts  # those of access and parameter rules, first
+        verdicts += [PolicyVerdict(*f) for f in fields]
         if denial is not None:
             policy_index, rule_index, partition, answer = denial
             policy = self.compiled.policies[policy_index]

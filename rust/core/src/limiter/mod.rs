@@ -7,6 +7,9 @@
 //! | concurrency | [`ConcurrencyLimiter`] | `limit` requests in flight | `acquire`, then `release` |
 //! | budget | [`BudgetWindow`] | `limit` per calendar day/week/month or per rolling window | `reserve`, then `settle` or `release` |
 //!
+//! [`admission`] applies one request's takes over several of them, all or none (the policy
+//! engine's memory backend).
+//!
 //! Every limiter keeps independent state per *partition key* (a string such as
 //! `"team:research"`). Each is a plain struct with `&mut self` methods: callers serialise
 //! calls (the Python binding holds one mutex per limiter), so every decision sees every earlier
@@ -134,6 +137,7 @@
 //!   when its lease expires no longer counts, so choose a lease time to live above the request
 //!   timeout.
 
+pub mod admission;
 mod budget;
 pub mod calendar;
 mod concurrency;
