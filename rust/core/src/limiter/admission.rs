@@ -373,6 +373,16 @@ mod tests {
         }
     }
 
+    impl AnyLimit {
+        fn used(&self, key: &str, now: u64) -> u64 {
+            match self {
+                AnyLimit::Bucket(l) => lock(l).used(key, now),
+                AnyLimit::Leases(l) => lock(l).used(key, now),
+                AnyLimit::Budget(l) => lock(l).used(key, now),
+            }
+        }
+    }
+
     fn rule(kind: Kind, limit: u64, count: Count) -> Rule {
         Rule {
             kind,
@@ -527,6 +537,60 @@ mod tests {
             }),
             7
         );
+    }
+
+    proptest::proptest! {
+        /// A denied request consumes nothing anywhere; an admitted one holds exactly its
+        /// takes that were granted and are not request rates.
+        #[test]
+        fn admission_is_all_or_none(
+            requests in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0usize..4, proptest::bool::weighted(0.8)), 1..6),
+                    0u64..60,
+                    0u64..60,
+                    proptest::bool::ANY,
+                ),
+                1..12,
+            ),
+        ) {
+            let (limits, rules) = setup();
+            let mut now = 1_000;
+            let mut outstanding = Vec::new();
+            for (picked, prompt, output, end_one) in requests {
+                let takes: Vec<Take<'_>> = picked
+                    .iter()
+                    .map(|&(rule, enforce)| Take { rule, partition: "key=a", enforce })
+                    .collect();
+                let before: Vec<u64> = limits.iter().map(|l| l.used("key=a", now)).collect();
+                let request = Request { prompt_tokens: prompt, output_tokens: output, usd: 0 };
+                let a = admit(&limits, &rules, &takes, &request, now).unwrap();
+                proptest::prop_assert_eq!(a.outcomes.len(), takes.len());
+                if let Some(at) = a.denied_by {
+                    proptest::prop_assert!(takes[at].enforce);
+                    proptest::prop_assert!(a.held.is_empty());
+                    let after: Vec<u64> = limits.iter().map(|l| l.used("key=a", now)).collect();
+                    proptest::prop_assert_eq!(after, before);
+                } else {
+                    let granted: Vec<usize> = takes
+                        .iter()
+                        .zip(&a.outcomes)
+                        .filter(|(t, o)| {
+                            matches!(o, Outcome::Granted { .. }) && rules[t.rule].kind != Kind::Rate
+                        })
+                        .map(|(t, _)| t.rule)
+                        .collect();
+                    let held: Vec<usize> = a.held.iter().map(|h| h.0).collect();
+                    proptest::prop_assert_eq!(held, granted);
+                    outstanding.push(a.held);
+                }
+                if end_one && !outstanding.is_empty() {
+                    let held = outstanding.remove(0);
+                    settle(&limits, &rules, &held, &Usage { prompt_tokens: prompt, ..Usage::default() }, now);
+                }
+                now += 250;
+            }
+        }
     }
 
     #[test]
