@@ -16,9 +16,12 @@ const DETACH_THRESHOLD: usize = 64 * 1024;
 /// One server-sent event. Immutable, hashable, equal to another event with the same fields.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct SseEvent {
-    inner: core::Event,
-    /// `data` as a Python string, built once: adapters read it for every event.
+    // Python strings, built once from the parser's borrowed event (adapters read `data` and
+    // `event` of every event); the comparisons and `to_bytes` rebuild the core event.
     data: Py<PyString>,
+    event: Option<Py<PyString>>,
+    id: Option<Py<PyString>>,
+    retry: Option<u64>,
 }
 
 #[pymethods]
@@ -39,13 +42,13 @@ impl SseEvent {
             retry,
         };
         inner.validate().map_err(sse_error)?;
-        Ok(Self::from_core(py, inner))
+        Ok(Self::from_ref(py, inner.as_ref()))
     }
 
     /// The event type; `None` means the default type, `message`.
     #[getter]
-    fn event(&self) -> Option<&str> {
-        self.inner.event.as_deref()
+    fn event(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.event.as_ref().map(|e| e.clone_ref(py))
     }
 
     /// The data lines joined with `\n`.
@@ -56,60 +59,84 @@ impl SseEvent {
 
     /// The last event id in effect when the event was dispatched.
     #[getter]
-    fn id(&self) -> Option<&str> {
-        self.inner.id.as_deref()
+    fn id(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.id.as_ref().map(|id| id.clone_ref(py))
     }
 
     /// A reconnection time (ms) set by `retry` since the previous dispatched event.
     #[getter]
     fn retry(&self) -> Option<u64> {
-        self.inner.retry
+        self.retry
     }
 
     /// The event in canonical wire form, ending with a blank line.
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.to_wire())
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.to_core(py)?.to_wire()))
     }
 
-    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> Py<PyAny> {
-        match other.cast::<SseEvent>() {
-            Ok(other) => PyBool::new(py, other.get().inner == self.inner)
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        Ok(match other.cast::<SseEvent>() {
+            Ok(other) => PyBool::new(py, other.get().to_core(py)? == self.to_core(py)?)
                 .to_owned()
                 .into_any()
                 .unbind(),
             Err(_) => py.NotImplemented(),
-        }
+        })
     }
 
-    fn __hash__(&self) -> u64 {
+    fn __hash__(&self, py: Python<'_>) -> PyResult<u64> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.inner.hash(&mut hasher);
-        hasher.finish()
+        self.to_core(py)?.hash(&mut hasher);
+        Ok(hasher.finish())
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let e = &self.inner;
         Ok(format!(
             "SseEvent(data={}, event={}, id={}, retry={})",
             self.data.bind(py).repr()?,
-            e.event.as_deref().into_pyobject(py)?.repr()?,
-            e.id.as_deref().into_pyobject(py)?.repr()?,
-            e.retry.into_pyobject(py)?.repr()?,
+            self.event
+                .as_ref()
+                .map(|e| e.bind(py))
+                .into_pyobject(py)?
+                .repr()?,
+            self.id
+                .as_ref()
+                .map(|id| id.bind(py))
+                .into_pyobject(py)?
+                .repr()?,
+            self.retry.into_pyobject(py)?.repr()?,
         ))
     }
 }
 
 impl SseEvent {
-    fn from_core(py: Python<'_>, inner: core::Event) -> Self {
-        let data = PyString::new(py, &inner.data).unbind();
-        Self { inner, data }
+    /// The event as Python strings, copied once from the parser's borrowed event.
+    fn from_ref(py: Python<'_>, event: core::EventRef<'_>) -> Self {
+        let text = |s: &str| PyString::new(py, s).unbind();
+        Self {
+            data: text(event.data),
+            event: event.event.map(text),
+            id: event.id.map(text),
+            retry: event.retry,
+        }
+    }
+
+    /// The core event, for comparisons and the wire form (not on the parsing path).
+    fn to_core(&self, py: Python<'_>) -> PyResult<core::Event> {
+        let owned = |s: &Py<PyString>| -> PyResult<String> { Ok(s.bind(py).to_str()?.to_owned()) };
+        Ok(core::Event {
+            event: self.event.as_ref().map(owned).transpose()?,
+            data: owned(&self.data)?,
+            id: self.id.as_ref().map(owned).transpose()?,
+            retry: self.retry,
+        })
     }
 }
 
 fn to_py(py: Python<'_>, events: Vec<core::Event>) -> Vec<SseEvent> {
     events
-        .into_iter()
-        .map(|e| SseEvent::from_core(py, e))
+        .iter()
+        .map(|e| SseEvent::from_ref(py, e.as_ref()))
         .collect()
 }
 
@@ -144,13 +171,18 @@ impl SseParser {
 
     /// Parse one chunk and return the events it completes.
     fn feed(&self, py: Python<'_>, chunk: &[u8]) -> PyResult<Vec<SseEvent>> {
-        let events = if chunk.len() >= DETACH_THRESHOLD {
-            py.detach(|| self.lock().feed(chunk))
-        } else {
-            self.lock().feed(chunk)
+        if chunk.len() >= DETACH_THRESHOLD {
+            let events = py.detach(|| self.lock().feed(chunk)).map_err(sse_error)?;
+            return Ok(to_py(py, events));
         }
-        .map_err(sse_error)?;
-        Ok(to_py(py, events))
+        // Each event's strings go straight from the parser's borrowed event to Python.
+        let mut events = Vec::new();
+        self.lock()
+            .feed_with(chunk, &mut |event| {
+                events.push(SseEvent::from_ref(py, event))
+            })
+            .map_err(sse_error)?;
+        Ok(events)
     }
 
     /// End of stream: discard an unfinished event (never dispatched, as the standard says)
