@@ -778,11 +778,11 @@ class PolicyEngine:
                 bound = getattr(params, name)
                 if bound is None:
                     continue
-                if not isinstance(bound, Bound):
-                    bound = Bound(max=float(bound))
                 value = facts.prompt_tokens() if name == "prompt_tokens" else facts.params.get(name)
                 if value is None:
                     continue
+                if not isinstance(bound, Bound):
+                    bound = Bound(max=float(bound))
                 too_high = bound.max is not None and value > bound.max
                 too_low = bound.min is not None and value < bound.min
                 if not (too_high or too_low):
