@@ -17,7 +17,7 @@ const DETACH_THRESHOLD: usize = 64 * 1024;
 #[pyclass(frozen, module = "tollway._native")]
 pub struct SseEvent {
     // Python strings, built once from the parser's borrowed event (adapters read `data` and
-    // `event` of every event); the comparisons and `to_bytes` rebuild the core event.
+    // `event` of every event, and relays write it back with `to_bytes`, which borrows them).
     data: Py<PyString>,
     event: Option<Py<PyString>>,
     id: Option<Py<PyString>>,
@@ -71,12 +71,15 @@ impl SseEvent {
 
     /// The event in canonical wire form, ending with a blank line.
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        Ok(PyBytes::new(py, &self.to_core(py)?.to_wire()))
+        let event = self.borrowed(py)?;
+        let mut out = Vec::with_capacity(event.data.len() + 32);
+        event.write_wire(&mut out);
+        Ok(PyBytes::new(py, &out))
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         Ok(match other.cast::<SseEvent>() {
-            Ok(other) => PyBool::new(py, other.get().to_core(py)? == self.to_core(py)?)
+            Ok(other) => PyBool::new(py, other.get().fields(py)? == self.fields(py)?)
                 .to_owned()
                 .into_any()
                 .unbind(),
@@ -86,7 +89,7 @@ impl SseEvent {
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<u64> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.to_core(py)?.hash(&mut hasher);
+        self.fields(py)?.hash(&mut hasher);
         Ok(hasher.finish())
     }
 
@@ -121,15 +124,26 @@ impl SseEvent {
         }
     }
 
-    /// The core event, for comparisons and the wire form (not on the parsing path).
-    fn to_core(&self, py: Python<'_>) -> PyResult<core::Event> {
-        let owned = |s: &Py<PyString>| -> PyResult<String> { Ok(s.bind(py).to_str()?.to_owned()) };
-        Ok(core::Event {
-            event: self.event.as_ref().map(owned).transpose()?,
-            data: owned(&self.data)?,
-            id: self.id.as_ref().map(owned).transpose()?,
+    /// The event, borrowing the Python strings' UTF-8 (no copy).
+    fn borrowed<'a>(&'a self, py: Python<'a>) -> PyResult<core::EventRef<'a>> {
+        let text = |s: &'a Py<PyString>| s.bind(py).to_str();
+        Ok(core::EventRef {
+            event: self.event.as_ref().map(text).transpose()?,
+            data: text(&self.data)?,
+            id: self.id.as_ref().map(text).transpose()?,
             retry: self.retry,
+            single_line: false,
         })
+    }
+
+    /// What equality and the hash look at (not how the data was framed).
+    #[allow(clippy::type_complexity)]
+    fn fields<'a>(
+        &'a self,
+        py: Python<'a>,
+    ) -> PyResult<(Option<&'a str>, &'a str, Option<&'a str>, Option<u64>)> {
+        let e = self.borrowed(py)?;
+        Ok((e.event, e.data, e.id, e.retry))
     }
 }
 
