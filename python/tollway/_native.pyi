@@ -477,3 +477,6 @@ class Holds:
         """Give back everything held (the request made no model call)."""
     def __len__(self) -> int:
         """Reservations and leases held."""
+
+def reset_text(ms: int) -> str:
+    """OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.25s`."""

@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tollway._native import Admitter, Holds, PolicySet
+from tollway._native import Admitter, Holds, PolicySet, reset_text
 from tollway.config._toml_lines import format_path
 from tollway.errors import ConfigError, PolicyError
 from tollway.policy.config import (
@@ -422,30 +422,6 @@ _KIND_CODES = {
 }
 
 
-def _reset_text(seconds: float) -> str:
-    """OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    total = round(seconds, 3)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    secs_text = f"{secs:g}s"
-    if hours:
-        return f"{int(hours)}h{int(minutes)}m{secs_text}"
-    if minutes:
-        return f"{int(minutes)}m{secs_text}"
-    return secs_text
-
-
-def _ratelimit_headers(kind: str, limit: int, remaining: int, reset_after: float) -> list[tuple[str, str]]:
-    """OpenAI's `x-ratelimit-*-{requests,tokens}` headers for the tightest limit of a kind."""
-    return [
-        (f"x-ratelimit-limit-{kind}", str(limit)),
-        (f"x-ratelimit-remaining-{kind}", str(remaining)),
-        (f"x-ratelimit-reset-{kind}", _reset_text(reset_after)),
-    ]
-
-
 def _human(amount: float, unit: str) -> str:
     if unit == "usd":
         return f"${amount / 1_000_000:,.6f}".rstrip("0").rstrip(".")
@@ -553,7 +529,8 @@ class PolicyEngine:
         self.clock = clock
         self._params = self.compiled.matcher.params
         self._allow_params = self.compiled.allow_matcher.params if self.compiled.allow_matcher else []
-        self._native_rules: list[LimitRule] = []
+        # Every limit rule, in the native admission's order (its denials name a rule by index).
+        self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
         self._native = self._admitter()
 
     def _admitter(self) -> Admitter | None:
@@ -563,7 +540,6 @@ class PolicyEngine:
             return None
         rules: list[dict[str, Any]] = []
         policies: list[dict[str, Any]] = []
-        self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
         for policy in self.compiled.policies:
             ids = []
             for rule in policy.limits:
@@ -586,9 +562,7 @@ class PolicyEngine:
                         "window": rule.window,
                         "unit": spec.unit,
                         "limit_display": rule.limit_display,
-                        "burst_note": f"at most {spec.burst:,} at once"
-                        if spec.burst and spec.burst != spec.limit
-                        else None,
+                        "burst_note": _burst_note(spec),
                     }
                 )
             per = [(name, PARTITION_ATTRIBUTES.index(name)) for name in policy.per]
@@ -994,7 +968,13 @@ class PolicyEngine:
             admission.denied = denial[1]
             return
         for header_kind, (_, grant, rule) in sorted(tightest.items()):
-            admission.headers += _ratelimit_headers(header_kind, rule.spec.limit, grant.remaining, grant.reset_after)
+            admission.headers.extend(
+                [
+                    (f"x-ratelimit-limit-{header_kind}", str(rule.spec.limit)),
+                    (f"x-ratelimit-remaining-{header_kind}", str(grant.remaining)),
+                    (f"x-ratelimit-reset-{header_kind}", reset_text(round(grant.reset_after * 1000))),
+                ]
+            )
         self._shadow_header(admission)
 
     @staticmethod
@@ -1040,6 +1020,11 @@ class PolicyEngine:
         return ApiError(429, "rate_limit_error", code, message, headers=tuple(headers))
 
 
+def _burst_note(spec: LimitSpec) -> str | None:
+    """A rate's burst, when it differs from its limit: a verdict's detail when it has no other."""
+    return f"at most {spec.burst:,} at once" if spec.burst and spec.burst != spec.limit else None
+
+
 def _verdict(
     policy: CompiledPolicy,
     rule: LimitRule,
@@ -1054,8 +1039,8 @@ def _verdict(
 ) -> PolicyVerdict:
     # Positional: a verdict is made per matching limit per request, and keywords cost more.
     spec = rule.spec
-    if detail is None and spec.burst and spec.burst != spec.limit:
-        detail = f"at most {spec.burst:,} at once"
+    if detail is None:
+        detail = _burst_note(spec)
     return PolicyVerdict(
         policy.name,
         spec.kind,

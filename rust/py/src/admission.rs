@@ -12,9 +12,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
-use tollway_core::limiter::admission::{
-    self as core, reset_text, Count, Limit, Outcome, Request, Take, Usage,
-};
+use tollway_core::limiter::admission::{self as core, Count, Limit, Outcome, Request, Take, Usage};
 use tollway_core::limiter::{Check, Kind, LimiterError, ReservationId};
 
 use crate::errors::limiter_error;
@@ -60,6 +58,13 @@ struct Shown {
     unit: Py<PyString>,
     limit: Py<PyFloat>,
     burst_note: Option<Py<PyString>>,
+}
+
+/// OpenAI's duration format for `x-ratelimit-reset-*` (`20ms`, `1.5s`, `6m0s`): the engine's
+/// Python path writes its headers with it too.
+#[pyfunction]
+pub fn reset_text(ms: u64) -> String {
+    core::reset_text(ms)
 }
 
 /// An amount in the unit people read: USD for dollar budgets (kept in micro-USD).
@@ -330,7 +335,10 @@ impl Admitter {
                     format!("x-ratelimit-remaining-{kind}"),
                     remaining.to_string(),
                 ))?;
-                headers.append((format!("x-ratelimit-reset-{kind}"), reset_text(reset_ms)))?;
+                headers.append((
+                    format!("x-ratelimit-reset-{kind}"),
+                    core::reset_text(reset_ms),
+                ))?;
             }
         }
         let holds = if admission.held.is_empty() {
@@ -419,10 +427,11 @@ fn partition<'py>(
         }
         key.push_str(name.bind(py).to_str()?);
         key.push('=');
-        match attrs.get(*index).and_then(Option::as_ref) {
-            Some(value) if !value.to_str()?.is_empty() => key.push_str(value.to_str()?),
-            _ => key.push('-'),
-        }
+        let value = match attrs.get(*index).and_then(Option::as_ref) {
+            Some(value) => value.to_str()?,
+            None => "",
+        };
+        key.push_str(if value.is_empty() { "-" } else { value });
     }
     Ok(PyString::new(py, &key))
 }

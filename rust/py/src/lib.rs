@@ -19,6 +19,7 @@ mod tokens;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<admission::Admitter>()?;
     m.add_class::<admission::Holds>()?;
+    m.add_function(wrap_pyfunction!(admission::reset_text, m)?)?;
     m.add_class::<chat_stream::OpenAIChatStream>()?;
     m.add_class::<eventstream::EventStreamDecoder>()?;
     m.add_class::<eventstream::EventStreamMessage>()?;
