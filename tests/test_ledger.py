@@ -66,6 +66,7 @@ def full_record(request_id: str = "req_full") -> UsageRecord:
         tags=["batch", "eval"],
         client_ip="10.0.0.7",
         requested_model="claude-fast",
+        params={"max_tokens": 512.0, "temperature": 0.2},
         provider="anthropic-eu",
         upstream_model="claude-3-5-haiku-20241022",
         stream=True,
@@ -214,6 +215,35 @@ def test_round_trip_of_a_full_record(sink: SqliteLedger) -> None:
         ).fetchone()[0]
     conn.close()
     assert outcome == "server_error"
+
+
+def test_the_full_record_sets_every_field_and_a_bare_one_round_trips(sink: SqliteLedger) -> None:
+    # A row holds some fields as columns and the rest as JSON without their defaults: a field
+    # added to `UsageRecord` and stored in neither would come back as its default, so the round
+    # trip above must cover every field with a value that is not the default.
+    rec, bare = full_record(), UsageRecord(request_id="req_bare", received_at=T0)
+    unset = [f for f in UsageRecord.__struct_fields__ if getattr(rec, f) == getattr(bare, f)]
+    assert unset == []
+    sink.write_batch([bare])
+    assert sink.get("req_bare") == bare
+    with sqlite3.connect(sink.path) as conn:
+        stored = conn.execute("SELECT record FROM requests WHERE request_id = 'req_bare'").fetchone()[0]
+    conn.close()
+    assert stored == "{}"  # the columns are not repeated, the defaults left out
+
+
+def test_rows_holding_the_whole_record_as_json_still_read(sink: SqliteLedger) -> None:
+    # Files written before the record column was trimmed to the fields without a column.
+    rec = full_record("req_old_layout")
+    sink.write_batch([rec])
+    with sqlite3.connect(sink.path) as conn:
+        conn.execute(
+            "UPDATE requests SET record = ? WHERE request_id = ?",
+            (msgspec.json.encode(rec).decode(), rec.request_id),
+        )
+    conn.close()
+    assert sink.get(rec.request_id) == rec
+    assert sink.records() == [rec]
 
 
 def test_rewriting_a_request_id_replaces_the_row(sink: SqliteLedger) -> None:
