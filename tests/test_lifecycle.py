@@ -41,3 +41,18 @@ def test_sigterm_lets_an_in_flight_stream_finish(upstream: Server, tmp_path: Pat
         assert gw.proc.wait(15) == 0
     finally:
         stop(gw.proc)
+
+
+def test_tune_gc_freezes_what_startup_built_and_raises_the_first_threshold() -> None:
+    import gc
+
+    from tollway.server.app import GC_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 1000  # this process's modules, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
