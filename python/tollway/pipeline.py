@@ -276,8 +276,12 @@ class ModelRequest:
         plan = self._plan(parsed, identity)
         primary = plan.candidates[0]
         rec.provider, rec.upstream_model = primary.provider, primary.model
-        if len(self.rt.policies):
-            self.admission = admission = await self.rt.policies.evaluate_async(self._facts(identity, parsed, primary))
+        policies = self.rt.policies
+        if len(policies):
+            facts = self._facts(identity, parsed, primary)
+            self.admission = admission = (
+                policies.evaluate(facts) if policies.in_process else await policies.evaluate_async(facts)
+            )
             rec.decisions = admission.verdicts
             if admission.denied is not None:
                 raise Reject(admission.denied)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,6 +59,7 @@ from tollway.policy.config import (
     Bound,
     BudgetSpec,
     LimitsConfig,
+    ParamsSpec,
     PolicyConfig,
     RateSpec,
     Selector,
@@ -183,6 +185,10 @@ class CompiledPolicy:
     mode: str = "enforce"
     # Whether it has access rules or parameter bounds to check (most policies only limit).
     checks: bool = False
+    # Its parameter bounds, those set only, each as a `Bound` (compiled once).
+    bounds: tuple[tuple[str, Bound], ...] = ()
+    # The kind of the verdict that says its checks passed: `access` if it has an access rule.
+    check_kind: str = "params"
     # What its limit rules need of the request (`_NEEDS_*` bits), and whether the native
     # admission serves them (see `tollway._native.Admitter`).
     needs: int = 0
@@ -202,6 +208,7 @@ class CompiledPolicy:
 _NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD, _NEEDS_PYTHON = 1, 2, 4, 8
 # The largest output bound reserved (2^40 tokens: past every limit, within a limiter's counters).
 _OUTPUT_BOUND_CAP = 1 << 40
+_NONE_ALLOWED: frozenset[int] = frozenset()
 
 
 def _needs(limits: Sequence[LimitRule]) -> int:
@@ -220,6 +227,21 @@ def _needs(limits: Sequence[LimitRule]) -> int:
 
 
 # -- compiling ------------------------------------------------------------------------------
+
+_BOUNDED = ("max_tokens", "n", "temperature", "top_p", "prompt_tokens")
+
+
+def _bounds(params: ParamsSpec | None) -> tuple[tuple[str, Bound], ...]:
+    """The bounds `params` sets, in checking order; a bare number is a maximum."""
+    if params is None:
+        return ()
+    bounds = []
+    for name in _BOUNDED:
+        bound = getattr(params, name)
+        if bound is not None:
+            bounds.append((name, bound if isinstance(bound, Bound) else Bound(max=float(bound))))
+    return tuple(bounds)
+
 
 Condition = tuple[str, str, Any, bool]
 
@@ -400,6 +422,8 @@ def _compile(
                 enforce=policy.mode == "enforce",
                 mode=policy.mode,
                 checks=has_access or params is not None,
+                bounds=_bounds(params),
+                check_kind="access" if has_access else "params",
                 needs=_needs(limits),
             )
         )
@@ -532,6 +556,9 @@ class PolicyEngine:
         # Every limit rule, in the native admission's order (its denials name a rule by index).
         self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
         self._native = self._admitter()
+        # Whether `evaluate` serves every request (the backend answers in process), sparing
+        # the request path a coroutine.
+        self.in_process = isinstance(self.backend, MemoryBackend)
 
     def _admitter(self) -> Admitter | None:
         """The native admission of the limit rules, over the memory backend's limiters."""
@@ -617,8 +644,9 @@ class PolicyEngine:
         if not matched:
             return Admission(), None
         admission = Admission(self.backend)
-        policies = [self.compiled.policies[i] for i in matched]
-        allowed: set[int] = set()
+        compiled = self.compiled.policies
+        policies = [compiled[i] for i in matched]
+        allowed: AbstractSet[int] = _NONE_ALLOWED
         if self.compiled.allow_matcher is not None and any(p.allow_index is not None for p in policies):
             allowed = set(self._matches(self.compiled.allow_matcher, self._allow_params, facts))
         first_denial: tuple[PolicyVerdict, ApiError] | None = None
@@ -704,29 +732,18 @@ class PolicyEngine:
 
     # -- access and parameter rules ----------------------------------------------------------
     def _access_and_params(
-        self, policy: CompiledPolicy, facts: RequestFacts, allowed: set[int], admission: Admission
+        self, policy: CompiledPolicy, facts: RequestFacts, allowed: AbstractSet[int], admission: Admission
     ) -> list[tuple[PolicyVerdict, ApiError | None]]:
         config = policy.config
         out: list[tuple[PolicyVerdict, ApiError | None]] = []
         mode = config.mode
-
-        def refuse(kind: str, detail: str, status: int, code: str, remedy: str) -> None:
-            verdict = PolicyVerdict(
-                policy=policy.name,
-                kind=kind,
-                verdict="deny" if policy.enforce else "would_deny",
-                mode=mode,
-                detail=detail,
-            )
-            message = f"refused by policy `{policy.name}`: {detail}. {remedy}"
-            error_type = "permission_error" if status == 403 else "invalid_request_error"
-            out.append((verdict, ApiError(status, error_type, code, message)))
-
         if config.deny is not None and config.deny is not False:
             reason = config.deny if isinstance(config.deny, str) else "this request is not allowed"
-            refuse("access", reason, 403, "access_denied", "Ask the gateway's administrators for access.")
+            _refuse(policy, out, "access", reason, 403, "access_denied", "Ask the gateway's administrators for access.")
         if policy.allow_index is not None and policy.allow_index not in allowed:
-            refuse(
+            _refuse(
+                policy,
+                out,
                 "access",
                 "the request is outside what this policy allows",
                 403,
@@ -735,7 +752,9 @@ class PolicyEngine:
             )
         for header in config.require_headers:
             if header.lower() not in facts.headers:
-                refuse(
+                _refuse(
+                    policy,
+                    out,
                     "access",
                     f"header `{header}` is required",
                     403,
@@ -745,18 +764,21 @@ class PolicyEngine:
         params = config.params
         if params is not None:
             if params.stream is False and facts.stream:
-                refuse("params", "streaming is not allowed", 400, "parameter_not_allowed", "Set `stream` to false.")
+                _refuse(
+                    policy,
+                    out,
+                    "params",
+                    "streaming is not allowed",
+                    400,
+                    "parameter_not_allowed",
+                    "Set `stream` to false.",
+                )
             if params.tools is False and facts.has_tools:
-                refuse("params", "tools are not allowed", 400, "parameter_not_allowed", "Remove `tools`.")
-            for name in ("max_tokens", "n", "temperature", "top_p", "prompt_tokens"):
-                bound = getattr(params, name)
-                if bound is None:
-                    continue
+                _refuse(policy, out, "params", "tools are not allowed", 400, "parameter_not_allowed", "Remove `tools`.")
+            for name, bound in policy.bounds:
                 value = facts.prompt_tokens() if name == "prompt_tokens" else facts.params.get(name)
                 if value is None:
                     continue
-                if not isinstance(bound, Bound):
-                    bound = Bound(max=float(bound))
                 too_high = bound.max is not None and value > bound.max
                 too_low = bound.min is not None and value < bound.min
                 if not (too_high or too_low):
@@ -781,21 +803,17 @@ class PolicyEngine:
                     )
                     continue
                 side = "at most" if too_high else "at least"
-                refuse(
+                _refuse(
+                    policy,
+                    out,
                     "params",
                     f"`{name}` is {value:g}; this policy allows {side} {limit:g}",
                     400,
                     "parameter_out_of_bounds",
                     f"Set `{name}` to {side} {limit:g}.",
                 )
-        if not out and (
-            config.deny is not None
-            or policy.allow_index is not None
-            or config.require_headers
-            or config.params is not None
-        ):
-            kind = "access" if (config.deny or policy.allow_index is not None or config.require_headers) else "params"
-            out.append((PolicyVerdict(policy=policy.name, kind=kind, verdict="allow", mode=mode), None))
+        if not out:  # every check passed (a policy is checked only when it has checks)
+            out.append((PolicyVerdict(policy=policy.name, kind=policy.check_kind, verdict="allow", mode=mode), None))
         return out
 
     # -- limits ------------------------------------------------------------------------------
@@ -808,8 +826,10 @@ class PolicyEngine:
             return min(bound, model_max) if model_max else bound
         # As sent, within what a counter holds: a negative `max_tokens` reserves nothing (the
         # provider refuses it), an absurd one more than any limit (the limit refuses it).
-        wanted = min(requested, model_max) if model_max else requested
-        return int(min(max(wanted, 0), _OUTPUT_BOUND_CAP))
+        wanted = model_max if model_max and requested > model_max else requested
+        if wanted <= 0:
+            return 0
+        return int(wanted) if wanted < _OUTPUT_BOUND_CAP else _OUTPUT_BOUND_CAP
 
     def _plan(self, policies: Sequence[CompiledPolicy], facts: RequestFacts) -> _Plan:
         """The takes of every limit rule of the matched policies, in order, with what each
@@ -1018,6 +1038,28 @@ class PolicyEngine:
         if answer.retry_after is not None:
             headers.append(("retry-after", str(max(1, math.ceil(answer.retry_after)))))
         return ApiError(429, "rate_limit_error", code, message, headers=tuple(headers))
+
+
+def _refuse(
+    policy: CompiledPolicy,
+    out: list[tuple[PolicyVerdict, ApiError | None]],
+    kind: str,
+    detail: str,
+    status: int,
+    code: str,
+    remedy: str,
+) -> None:
+    """Add an access or parameter rule's refusal to `out`: its verdict and its error."""
+    verdict = PolicyVerdict(
+        policy=policy.name,
+        kind=kind,
+        verdict="deny" if policy.enforce else "would_deny",
+        mode=policy.mode,
+        detail=detail,
+    )
+    message = f"refused by policy `{policy.name}`: {detail}. {remedy}"
+    error_type = "permission_error" if status == 403 else "invalid_request_error"
+    out.append((verdict, ApiError(status, error_type, code, message)))
 
 
 def _burst_note(spec: LimitSpec) -> str | None:
