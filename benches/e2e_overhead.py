@@ -8,6 +8,10 @@ Prints requests/s at `--connections` (default 16) and latency p50/p99 at one con
 both paths, and the ratios and differences that matter: throughput through the gateway as a
 share of direct, and the latency the gateway adds. The load generator, the upstream and the
 gateway share the machine, so absolute numbers move with load; compare within one run.
+`--rounds N` interleaves the variants (the figure to read for a difference between them);
+`--pin` keeps the gateways on one CPU and the mock and wrk on the others:
+
+    .venv/bin/python benches/e2e_overhead.py --pin --rounds 10 --duration 3 --variants bare,no-access-log,default
 
 Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `default`: as shipped: usage ledger (SQLite), metrics and the JSON access log on.
@@ -41,10 +45,24 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 KEY = "tw-bench-key"
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Write one short sentence about foxes."}]}
+
+
+# `--pin`: the CPUs each side runs on (inherited by every process and thread it starts);
+# empty: anywhere.
+PINNED: dict[str, set[int]] = {}
+
+
+def _on(side: str) -> Callable[[], None] | None:
+    """A `preexec_fn` that keeps a child process on `side`'s CPUs under `--pin`."""
+    cpus = PINNED.get(side)
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def free_port() -> int:
@@ -78,6 +96,7 @@ def wrk(url: str, body: dict, connections: int, duration: int, auth: bool) -> di
             capture_output=True,
             text=True,
             check=True,
+            preexec_fn=_on("load"),
         ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -144,6 +163,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        preexec_fn=_on("load"),
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -171,6 +191,7 @@ def start_gateway(up_port: int, extra: str, workdir: Path) -> tuple[subprocess.P
         [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_on("gateway"),
     )
     wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
     return proc, port
@@ -265,7 +286,19 @@ def main() -> None:
         " this many rounds of --duration seconds each, and print medians (non-streaming throughput"
         " and CPU only; the machine's drift then hits every variant alike)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the gateways on the last CPU and the mock upstream and wrk on the others, so that"
+        " the load does not share the gateway's CPU (less noise in its CPU per request; the"
+        " gateway's threads then share one CPU)",
+    )
     args = parser.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least two CPUs")
+        PINNED.update(gateway={cpus[-1]}, load=set(cpus[:-1]))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
 
@@ -278,6 +311,7 @@ def main() -> None:
         [sys.executable, "-m", "tollway.testing.mock_openai", "--port", str(up_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        preexec_fn=_on("load"),
     )
     workdir = Path(tempfile.mkdtemp())
     redis: subprocess.Popen[bytes] | None = None
