@@ -324,23 +324,39 @@ impl Admitter {
                 detail,
             )?)?;
         }
-        let headers = PyList::empty(py);
-        for (kind, tight) in [
-            ("requests", admission.requests),
-            ("tokens", admission.tokens),
+        // Names interned, numbers written by `itoa`: formatting these six headers was a third
+        // of this call (instruction counts, callgrind).
+        let mut header_pairs: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(6);
+        let mut digits = itoa::Buffer::new();
+        for (names, tight) in [
+            (
+                [
+                    intern!(py, "x-ratelimit-limit-requests"),
+                    intern!(py, "x-ratelimit-remaining-requests"),
+                    intern!(py, "x-ratelimit-reset-requests"),
+                ],
+                admission.requests,
+            ),
+            (
+                [
+                    intern!(py, "x-ratelimit-limit-tokens"),
+                    intern!(py, "x-ratelimit-remaining-tokens"),
+                    intern!(py, "x-ratelimit-reset-tokens"),
+                ],
+                admission.tokens,
+            ),
         ] {
             if let Some((limit, remaining, reset_ms)) = tight {
-                headers.append((format!("x-ratelimit-limit-{kind}"), limit.to_string()))?;
-                headers.append((
-                    format!("x-ratelimit-remaining-{kind}"),
-                    remaining.to_string(),
-                ))?;
-                headers.append((
-                    format!("x-ratelimit-reset-{kind}"),
-                    core::reset_text(reset_ms),
-                ))?;
+                let [limit_name, remaining_name, reset_name] = names;
+                let limit = PyString::new(py, digits.format(limit));
+                header_pairs.push(PyTuple::new(py, [limit_name.clone(), limit])?);
+                let remaining = PyString::new(py, digits.format(remaining));
+                header_pairs.push(PyTuple::new(py, [remaining_name.clone(), remaining])?);
+                let reset = PyString::new(py, &core::reset_text(reset_ms));
+                header_pairs.push(PyTuple::new(py, [reset_name.clone(), reset])?);
             }
         }
+        let headers = PyList::new(py, header_pairs)?;
         let holds = if admission.held.is_empty() {
             py.None().into_bound(py)
         } else {
