@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import ALICE_KEY, UPSTREAM_SECRET, Server, gateway_config, start_gateway, stop
 
@@ -43,16 +44,46 @@ def test_sigterm_lets_an_in_flight_stream_finish(upstream: Server, tmp_path: Pat
         stop(gw.proc)
 
 
-def test_tune_gc_freezes_what_startup_built_and_raises_the_first_threshold() -> None:
+def _start_worker_and_report_gc(config: str, report: Any) -> None:
+    """A worker as Granian starts one (the factory, then `__rsgi_init__`); sends what its
+    garbage collector was left with."""
+    import asyncio
     import gc
+    import os
 
-    from tollway.server.app import GC_THRESHOLD, tune_gc
+    from tollway.server.app import CONFIG_ENV, create_app
 
-    before = gc.get_threshold()
+    os.environ[CONFIG_ENV] = config
+    gateway = create_app()
+    loop = asyncio.new_event_loop()
+    gateway.__rsgi_init__(loop)
+    report.send((gc.get_threshold(), gc.get_freeze_count()))
+    gateway.__rsgi_del__(loop)
+
+
+def test_a_worker_freezes_what_startup_built_and_raises_the_first_gc_threshold(tmp_path: Path) -> None:
+    import gc
+    import multiprocessing
+
+    from tollway.server.app import GC_THRESHOLD
+
+    config = tmp_path / "tollway.toml"
+    config.write_text(
+        f'[ledger]\npath = "{tmp_path / "ledger.db"}"\n'
+        '[[providers]]\nname = "mock"\nkind = "mock"\n'
+        '[[models]]\nname = "mock-gpt"\nprovider = "mock"\n'
+    )
+    ctx = multiprocessing.get_context("fork")  # the worker's collector, not this process's
+    receive, send = ctx.Pipe(duplex=False)
+    worker = ctx.Process(target=_start_worker_and_report_gc, args=(str(config), send))
+    worker.start()
     try:
-        tune_gc()
-        assert gc.get_threshold() == (GC_THRESHOLD, before[1], before[2])
-        assert gc.get_freeze_count() > 1000  # this process's modules, at least
+        assert receive.poll(60), "the worker did not start"
+        threshold, frozen = receive.recv()
     finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
+        worker.join(30)
+        if worker.is_alive():
+            worker.kill()
+    assert threshold == (GC_THRESHOLD, *gc.get_threshold()[1:])
+    assert frozen > 1000  # the modules and configuration startup built, at least
+    assert gc.get_threshold()[0] != GC_THRESHOLD and gc.get_freeze_count() == 0  # this process untouched
