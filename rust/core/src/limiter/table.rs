@@ -22,6 +22,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The index's hasher: aHash with per-table random keys. Partition keys hold what clients send
+/// (user names, model names), so the hash must stay keyed against flooding; SipHash, std's
+/// default, was a sixth of the native admission's instructions (callgrind).
+type Hasher = ahash::RandomState;
+
 const NIL: u32 = u32::MAX;
 
 /// Entries examined at the least-recently-used end per call for lossless removal.
@@ -50,7 +55,7 @@ struct Entry<S> {
 pub(crate) struct Full;
 
 pub(crate) struct KeyTable<S> {
-    index: HashMap<Arc<str>, u32>,
+    index: HashMap<Arc<str>, u32, Hasher>,
     entries: Vec<Entry<S>>,
     head: u32,
     tail: u32,
@@ -62,7 +67,7 @@ impl<S> KeyTable<S> {
     /// `max_keys` is at least 1 and at most `u32::MAX - 1` (checked by the limiters).
     pub(crate) fn new(max_keys: usize) -> Self {
         Self {
-            index: HashMap::new(),
+            index: HashMap::with_hasher(Hasher::new()),
             entries: Vec::new(),
             head: NIL,
             tail: NIL,

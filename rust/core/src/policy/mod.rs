@@ -29,7 +29,11 @@
 
 mod glob;
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// The index's maps: aHash with random keys (request values are looked up in them; SipHash,
+/// std's default, cost as much as the rest of matching).
+type HashMap<K, V> = StdHashMap<K, V, ahash::RandomState>;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -230,7 +234,7 @@ impl PolicySet {
         let mut params: Vec<String> = Vec::new();
         let mut policies = Vec::with_capacity(selectors.len());
         let mut index: Vec<HashMap<String, Vec<(u32, u32)>>> =
-            vec![HashMap::new(); STRING_ATTRS + 1];
+            vec![HashMap::default(); STRING_ATTRS + 1];
         let mut unindexed = Vec::new();
         for (p, selector) in selectors.iter().enumerate() {
             let mut compiled = Vec::with_capacity(selector.len());
