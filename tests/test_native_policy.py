@@ -32,6 +32,30 @@ def test_matches_in_config_order() -> None:
     assert policies.matches() == [0, 4]
 
 
+def test_match_attrs_is_matches_with_positional_attributes() -> None:
+    """The request path's form: `(key, team, user, model, resolved_model, provider, endpoint,
+    ip)`, tags, parameter values; the indices as a tuple."""
+    policies = PolicySet(SELECTORS)
+    attrs = ("alice", "research", None, "gpt-4o", None, None, None, "10.2.3.4")
+    assert policies.match_attrs(attrs, ("env-production",), [4096.0]) == (0, 1, 2, 5, 6, 7)
+    assert policies.match_attrs(attrs, ["env-production"], [4096.0]) == (0, 1, 2, 5, 6, 7)  # any sequence
+    assert policies.match_attrs(
+        ("bob", None, None, "claude-3-5-sonnet", None, None, None, "2001:db8::1"), (), [None]
+    ) == (
+        0,
+        3,
+        4,
+        5,
+    )
+    assert policies.match_attrs((None,) * 8, (), []) == (0, 4)
+    with pytest.raises(ValueError, match="expected 8 attributes, got 7"):
+        policies.match_attrs((None,) * 7, (), [])
+    with pytest.raises(ValueError, match="invalid IP address `not-an-ip`"):
+        policies.match_attrs((None,) * 7 + ("not-an-ip",), (), [])
+    with pytest.raises(TypeError):
+        policies.match_attrs((1,) + (None,) * 7, (), [])
+
+
 def test_bad_selectors_raise_policy_error() -> None:
     with pytest.raises(PolicyError, match="policy 1, condition 0: unknown attribute `colour`") as info:
         PolicySet([[], [("colour", "exact", "red", False)]])
@@ -79,4 +103,7 @@ def python_matches(selectors: list[list[tuple]], request: dict[str, str | None])
 )
 def test_agrees_with_a_python_reference(selectors: list[list[tuple]], key, team, model) -> None:  # type: ignore[no-untyped-def,type-arg]
     request = {"key": key, "team": team, "model": model}
-    assert PolicySet(selectors).matches(key=key, team=team, model=model) == python_matches(selectors, request)
+    expected = python_matches(selectors, request)
+    assert PolicySet(selectors).matches(key=key, team=team, model=model) == expected
+    attrs = (key, team, None, model, None, None, None, None)
+    assert PolicySet(selectors).match_attrs(attrs, (), []) == tuple(expected)

@@ -328,3 +328,25 @@ def test_each_budget_charges_an_unpriced_model_at_its_own_estimate_price() -> No
     remaining = {v.policy: v.remaining for v in after.verdicts}
     # 10 output tokens at $100 and $200 per million, then this request's own reservation.
     assert remaining == {"a": pytest.approx(1 - 0.001 - 0.0001), "b": pytest.approx(1 - 0.002 - 0.0002)}
+
+
+def test_what_a_set_of_matched_policies_needs_is_worked_out_once_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tollway.policy import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_SELECTIONS_KEPT", 2)
+    e = engine(
+        {"name": "all", "per": "key", "requests": "100/min"},
+        {"name": "bob", "match": {"key": "bob"}, "requests": "100/min"},
+        {"name": "carol", "match": {"key": "carol"}, "requests": "100/min"},
+    )
+    e.evaluate(facts(key="alice"))
+    first = e._selections[(0,)]
+    e.evaluate(facts(key="alice"))
+    assert e._selections[(0,)] is first  # the same set: worked out once
+    e.evaluate(facts(key="bob"))
+    assert set(e._selections) == {(0,), (0, 1)}
+    e.evaluate(facts(key="carol"))  # a third set: the cache starts over
+    assert set(e._selections) == {(0, 2)}
+    assert verdicts(e.evaluate(facts(key="alice"))) == [("all", "rate", "allow")]

@@ -1,9 +1,11 @@
 """The native admission (`tollway._native.Admitter`) decides as the engine's Python path does.
 
-Two engines over the same policies, each with its own memory backend on one fake clock: one
-admits natively (the default for the memory backend), the other is made to take the Python path
-(`_plan`, `MemoryBackend.admit`, `_limits`). The same requests, settlements, releases and
-clock steps go to both; every verdict (all fields), header, denial and settlement must agree.
+Three engines over the same policies, each with its own memory backend on one fake clock: one
+admits natively through `evaluate` (the default for the memory backend), one through `admit`
+(the request path's entry: the request as primitives, `RequestFacts` made only when needed),
+the third is made to take the Python path (`_plan`, `MemoryBackend.admit`, `_limits`). The same
+requests, settlements, releases and clock steps go to all three; every verdict (all fields),
+header, denial and settlement must agree.
 """
 
 from __future__ import annotations
@@ -33,13 +35,33 @@ class Clock:
 
 
 def engines(policies: list[dict[str, Any]]) -> tuple[PolicyEngine, PolicyEngine, Clock]:
+    native, python, _, clock = three_engines(policies)
+    return native, python, clock
+
+
+def three_engines(policies: list[dict[str, Any]]) -> tuple[PolicyEngine, PolicyEngine, PolicyEngine, Clock]:
+    """Native through `evaluate`, the Python path, native through `admit`."""
     clock = Clock()
     configs = [msgspec.convert(p, PolicyConfig) for p in policies]
     native = PolicyEngine(configs, backend=MemoryBackend(clock=clock), clock=clock)
     python = PolicyEngine(configs, backend=MemoryBackend(clock=clock), clock=clock)
     python._native = None
-    assert native._native is not None
-    return native, python, clock
+    lean = PolicyEngine(configs, backend=MemoryBackend(clock=clock), clock=clock)
+    assert native._native is not None or not any(p.limits for p in native.compiled.policies)
+    return native, python, lean, clock
+
+
+def admit(engine: PolicyEngine, request: RequestFacts) -> Admission:
+    """`engine.admit` with the request as the pipeline gives it (no match: an empty admission)."""
+    admission = engine.admit(
+        request.attrs(),
+        request.tags,
+        request.params,
+        request.model_info,
+        request.prompt_tokens,
+        lambda: request,
+    )
+    return Admission() if admission is None else admission
 
 
 def outcome(admission: Admission) -> tuple[Any, ...]:
@@ -94,6 +116,9 @@ def policy(draw: st.DrawFn, i: int) -> dict[str, Any]:
         p["match"] = {"model": draw(st.sampled_from(["gpt-4o", "gpt-4o*"]))}
     kinds = draw(st.lists(st.sampled_from(["requests", "tokens", "concurrency", "budget"]), min_size=1, max_size=3,
                           unique=True))  # fmt: skip
+    if draw(st.integers(0, 3)) == 0:  # parameter bounds: `admit` serves them when no bounded one is set
+        p["params"] = draw(st.sampled_from([{"max_tokens": 300}, {"max_tokens": {"max": 200, "action": "clamp"}},
+                                            {"n": 1}, {"n": 1, "temperature": {"min": 0.5}}]))  # fmt: skip
     for kind in kinds:
         if kind == "requests":
             p["requests"] = draw(rates)
@@ -125,35 +150,38 @@ steps = st.lists(
 def test_native_admission_decides_as_the_python_path(data: st.DataObject, steps: list[tuple[Any, ...]]) -> None:
     n = data.draw(st.integers(1, 4))
     policies = [data.draw(policy(i)) for i in range(n)]
-    native, python, clock = engines(policies)
-    held: list[tuple[Admission, Admission]] = []
+    native, python, lean, clock = three_engines(policies)
+    held: list[tuple[Admission, Admission, Admission]] = []
     for step in steps:
         if step[0] == "admit":
             _, key, model, prompt, max_tokens, priced = step
             a = native.evaluate(facts(key, model, prompt, max_tokens, priced))
             b = python.evaluate(facts(key, model, prompt, max_tokens, priced))
-            assert outcome(a) == outcome(b)
+            c = admit(lean, facts(key, model, prompt, max_tokens, priced))
+            assert outcome(a) == outcome(b) == outcome(c)
             if a.denied is None:
-                held.append((a, b))
+                held.append((a, b, c))
         elif step[0] == "settle" and held:
             _, at, prompt, completion, cost = step
-            a, b = held.pop(at % len(held))
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=prompt // 3,
                           reasoning_tokens=completion // 4)  # fmt: skip
-            a.settle(usage, cost)
-            b.settle(usage, cost)
+            for admission in held.pop(at % len(held)):
+                admission.settle(usage, cost)
         elif step[0] == "release" and held:
-            a, b = held.pop(step[1] % len(held))
-            a.release()
-            b.release()
+            for admission in held.pop(step[1] % len(held)):
+                admission.release()
         elif step[0] == "wait":
             clock.now += step[1]
     # What is left held is the same too: a last request sees the same counters.
-    for a, b in held:
-        a.release()
-        b.release()
-    last = facts("alice", "gpt-4o", 10, 10, True)
-    assert outcome(native.evaluate(last)) == outcome(python.evaluate(facts("alice", "gpt-4o", 10, 10, True)))
+    for admissions in held:
+        for admission in admissions:
+            admission.release()
+    last = [
+        native.evaluate(facts("alice", "gpt-4o", 10, 10, True)),
+        python.evaluate(facts("alice", "gpt-4o", 10, 10, True)),
+        admit(lean, facts("alice", "gpt-4o", 10, 10, True)),
+    ]
+    assert outcome(last[0]) == outcome(last[1]) == outcome(last[2])
 
 
 def test_the_native_path_serves_the_common_rules_and_leaves_the_rest_to_python() -> None:

@@ -1,6 +1,7 @@
 """Typed stubs for `tollway._native`, the PyO3 bindings of the Rust core (`rust/py`)."""
 
-from typing import final
+from collections.abc import Callable, Sequence
+from typing import Any, final
 
 # `PolicyVerdict`'s fields in order: policy, kind, verdict, mode, partition, limit, window, used,
 # requested, remaining, retry_after_s, resets_at, unit, detail.
@@ -240,6 +241,15 @@ class PolicySet:
         params: list[float | None] = ...,
     ) -> list[int]:
         """Indices of the matching policies, ascending (configuration order)."""
+    def match_attrs(
+        self,
+        attrs: tuple[str | None, str | None, str | None, str | None, str | None, str | None, str | None, str | None]
+        | tuple[str | None, ...],
+        tags: Sequence[str],
+        params: list[float | None],
+    ) -> tuple[int, ...]:
+        """`matches` for the request path: `attrs` is `(key, team, user, model, resolved_model,
+        provider, endpoint, ip)` (the order `Admitter.admit` takes too); the indices as a tuple."""
 
 # Limiters (`rust/core/src/limiter/`). Every per-request method takes `now` in seconds since the
 # Unix epoch (float; rounded to the nearest millisecond) or `None` for the system clock. Time
@@ -438,27 +448,33 @@ class Admitter:
     `reasoning_weight`, `estimate_price` (`(input, output)` micro-USD per token for an unpriced
     model at settlement, or `None`), `window`, `unit`, `limit_display`, `burst_note`; `policies`
     are dicts with `name`, `mode`, `enforce`, `per` (`(attribute, index into attrs)` pairs) and
-    `rules` (indices into `rules`).
+    `rules` (indices into `rules`). `make_verdict` (`PolicyVerdict`) is called with each
+    verdict's fields; without it, `admit` returns the fields as tuples.
     """
 
-    def __init__(self, rules: list[dict[str, object]], policies: list[dict[str, object]]) -> None: ...
+    def __init__(
+        self,
+        rules: list[dict[str, object]],
+        policies: list[dict[str, object]],
+        make_verdict: Callable[..., object] | None = None,
+    ) -> None: ...
     def admit(
         self,
         matched: list[int],
-        attrs: list[str | None],
+        attrs: Sequence[str | None],
         prompt: int,
         output: int,
         usd: int,
         now: float,
     ) -> tuple[
-        list[VerdictFields],
+        list[Any],
         Holds | None,
         tuple[int, int, str, Denial] | None,
         list[tuple[str, str]],
         bool,
     ]:
-        """Admit the limit rules of the `matched` policies, all or none: returns each verdict's
-        `PolicyVerdict` fields in order,
+        """Admit the limit rules of the `matched` policies, all or none: returns the verdicts in
+        order (`make_verdict`'s results, or each verdict's `VerdictFields`),
         the holds (`None` if denied or nothing is held), the first enforcing denial as
         `(policy, rule, partition, Denial)`, OpenAI's `x-ratelimit-*` headers for the tightest
         enforcing request and token limits (none if denied), and whether a shadow policy would

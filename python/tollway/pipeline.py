@@ -277,39 +277,59 @@ class ModelRequest:
         primary = plan.candidates[0]
         rec.provider, rec.upstream_model = primary.provider, primary.model
         policies = self.rt.policies
-        if len(policies):
-            facts = self._facts(identity, parsed, primary)
-            self.admission = admission = (
-                policies.evaluate(facts) if policies.in_process else await policies.evaluate_async(facts)
-            )
-            rec.decisions = admission.verdicts
-            if admission.denied is not None:
-                raise Reject(admission.denied)
-            if admission.clamps:
-                self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
+        if policies.compiled.policies:
+            if policies.in_process:
+                accounting, api, raw = self.rt.accounting_of(primary), self.api, parsed.raw
+                admission = policies.admit(
+                    (
+                        identity.key_name,
+                        identity.team,
+                        identity.user,
+                        parsed.model,
+                        primary.model,
+                        primary.provider,
+                        rec.endpoint,
+                        rec.client_ip,
+                    ),
+                    identity.tags,
+                    rec.params,
+                    accounting.info,
+                    lambda: accounting.prompt_tokens(api, raw),
+                    lambda: self._facts(identity, parsed, primary),
+                )
+            else:
+                admission = await policies.evaluate_async(self._facts(identity, parsed, primary))
+            if admission is not None:
+                self.admission = admission
+                rec.decisions = admission.verdicts
+                if admission.denied is not None:
+                    raise Reject(admission.denied)
+                if admission.clamps:
+                    self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
         await self._attempts(plan, parsed)
 
     def _facts(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> RequestFacts:
-        """The request as policies see it (built only when some policy is configured)."""
-        body = parsed.body
-        accounting = self.rt.accounting(primary, self.rt.model_config(primary))
-        api, raw = self.api, parsed.raw
+        """The request as policies see it (made only when a matched policy needs more than its
+        attributes: see `PolicyEngine.admit`)."""
+        accounting = self.rt.accounting_of(primary)
+        api, raw, rec = self.api, parsed.raw, self.record
+        # Positional, in the field order: made per request, and keywords cost more.
         return RequestFacts(
-            key=identity.key_name,
-            team=identity.team,
-            user=identity.user,
-            tags=identity.tags,
-            model=parsed.model,
-            resolved_model=primary.model,
-            provider=primary.provider,
-            endpoint=self.record.endpoint,
-            ip=self.record.client_ip,
-            params=self.record.params,
-            stream=parsed.stream,
-            has_tools=bool(body.get("tools")),
-            headers=self.scope.headers,
-            count_prompt=lambda: accounting.count_prompt(api, raw)[0],
-            model_info=accounting.info,
+            identity.key_name,
+            identity.team,
+            identity.user,
+            identity.tags,
+            parsed.model,
+            primary.model,
+            primary.provider,
+            rec.endpoint,
+            rec.client_ip,
+            rec.params,
+            parsed.stream,
+            bool(parsed.body.get("tools")),
+            self.scope.headers,
+            lambda: accounting.prompt_tokens(api, raw),
+            accounting.info,
         )
 
     def _plan(self, parsed: ParsedRequest, identity: Identity) -> Plan:

@@ -4,9 +4,11 @@ Compilation (once per configuration): every policy's `match` becomes a selector 
 `PolicySet` (one index for all policies), every `allow` a selector of a second one, every limit
 rule a `LimitSpec` whose counters live in the state backend.
 
-Evaluation (per request, `PolicyEngine.evaluate`):
+Evaluation (per request, `PolicyEngine.evaluate`; on the request path with the memory backend,
+`PolicyEngine.admit`, the same decisions from the request's attributes as primitives):
 
-1. One native call finds every matching policy, in configuration order.
+1. One native call finds every matching policy, in configuration order. What that set of
+   policies needs (their kinds of checks and reservations) is worked out once per distinct set.
 2. Access rules (`deny`, `allow`, `require_headers`) and parameter bounds (`params`) of every
    matching policy are checked. They have no side effects; clamps are collected.
 3. Unless an enforcing access or parameter rule refused the request, the limit rules of every
@@ -126,6 +128,10 @@ class RequestFacts:
         value = getattr(self, name)
         return value if isinstance(value, str) else None
 
+    def attrs(self) -> tuple[str | None, ...]:
+        """The attributes selectors and partitions read, in `PARTITION_ATTRIBUTES` order."""
+        return (self.key, self.team, self.user, self.model, self.resolved_model, self.provider, self.endpoint, self.ip)
+
 
 # -- compiled rules -------------------------------------------------------------------------
 
@@ -189,6 +195,9 @@ class CompiledPolicy:
     bounds: tuple[tuple[str, Bound], ...] = ()
     # The kind of the verdict that says its checks passed: `access` if it has an access rule.
     check_kind: str = "params"
+    # When its only checks are bounds on request parameters: their names (a request that sets
+    # none of them passes every check); `None` otherwise.
+    passes_without: frozenset[str] | None = None
     # What its limit rules need of the request (`_NEEDS_*` bits), and whether the native
     # admission serves them (see `tollway._native.Admitter`).
     needs: int = 0
@@ -209,6 +218,25 @@ _NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD, _NEEDS_PYTHON = 1, 2, 4, 8
 # The largest output bound reserved (2^40 tokens: past every limit, within a limiter's counters).
 _OUTPUT_BOUND_CAP = 1 << 40
 _NONE_ALLOWED: frozenset[int] = frozenset()
+# Distinct sets of matched policies whose `_Selection` is kept (past it, the cache starts over).
+_SELECTIONS_KEPT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """One set of matched policies, and what evaluating it needs (`PolicyEngine._select`)."""
+
+    matched: list[int]  # the policies' indices, as the native admission takes them
+    policies: tuple[CompiledPolicy, ...]
+    needs: int  # the `_NEEDS_*` bits of their limit rules
+    checks: tuple[CompiledPolicy, ...]  # those with access rules or parameter bounds
+    shadow_checks: bool  # some of `checks` is in shadow mode
+    allow: bool  # some of `checks` has an `allow` rule (the allow matcher must be asked)
+    native: bool  # the native admission serves every limit rule of them
+    # `admit`'s path: native, and every check is a parameter bound (`passes_without`); then
+    # the parameters those bound (a request setting none of them passes every check).
+    lean: bool
+    bounded: frozenset[str]
 
 
 def _needs(limits: Sequence[LimitRule]) -> int:
@@ -241,6 +269,15 @@ def _bounds(params: ParamsSpec | None) -> tuple[tuple[str, Bound], ...]:
         if bound is not None:
             bounds.append((name, bound if isinstance(bound, Bound) else Bound(max=float(bound))))
     return tuple(bounds)
+
+
+def _passes_without(has_access: bool, params: ParamsSpec | None) -> frozenset[str] | None:
+    """`CompiledPolicy.passes_without`: the parameters a policy bounds, when those bounds are
+    all its checks (no access rule, no `stream` or `tools` rule, no prompt bound)."""
+    if has_access or params is None or params.stream is False or params.tools is False:
+        return None
+    names = frozenset(name for name, _ in _bounds(params))
+    return None if "prompt_tokens" in names else names
 
 
 Condition = tuple[str, str, Any, bool]
@@ -424,6 +461,7 @@ def _compile(
                 checks=has_access or params is not None,
                 bounds=_bounds(params),
                 check_kind="access" if has_access else "params",
+                passes_without=_passes_without(has_access, params),
                 needs=_needs(limits),
             )
         )
@@ -556,6 +594,9 @@ class PolicyEngine:
         # Every limit rule, in the native admission's order (its denials name a rule by index).
         self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
         self._native = self._admitter()
+        self._native_clock = self.backend.clock if isinstance(self.backend, MemoryBackend) else clock
+        # What each distinct set of matched policies needs (`_select`), by the matched indices.
+        self._selections: dict[tuple[int, ...], _Selection] = {}
         # Whether `evaluate` serves every request (the backend answers in process), sparing
         # the request path a coroutine.
         self.in_process = isinstance(self.backend, MemoryBackend)
@@ -596,24 +637,53 @@ class PolicyEngine:
             policies.append(
                 {"name": policy.name, "mode": policy.mode, "enforce": policy.enforce, "per": per, "rules": ids}
             )
-        return Admitter(rules, policies)
+        return Admitter(rules, policies, PolicyVerdict)
 
     def __len__(self) -> int:
         return len(self.compiled.policies)
 
-    def _matches(self, matcher: PolicySet, params: list[str], facts: RequestFacts) -> list[int]:
-        return matcher.matches(
-            key=facts.key,
-            team=facts.team,
-            user=facts.user,
-            model=facts.model,
-            resolved_model=facts.resolved_model,
-            provider=facts.provider,
-            endpoint=facts.endpoint,
-            ip=facts.ip,
-            tags=list(facts.tags),
-            params=[facts.params.get(p) for p in params],
-        )
+    def _matches(self, matcher: PolicySet, params: list[str], facts: RequestFacts) -> tuple[int, ...]:
+        return matcher.match_attrs(facts.attrs(), facts.tags, [facts.params.get(p) for p in params])
+
+    def admit(
+        self,
+        attrs: tuple[str | None, ...],
+        tags: Sequence[str],
+        params: Mapping[str, float],
+        info: ModelInfo | None,
+        prompt_tokens: Callable[[], int],
+        facts: Callable[[], RequestFacts],
+    ) -> Admission | None:
+        """`evaluate` on the request path, with a backend that answers in process: the request
+        as primitives (`attrs` in `PARTITION_ATTRIBUTES` order, its `tags`, numeric `params`,
+        the served model's catalog entry, its prompt's token count, counted only if needed),
+        `None` when no policy matches. The whole `RequestFacts` is made (by `facts`) only for
+        policies the native admission does not serve alone: an access rule, a parameter
+        bound the request meets, an audit or truncating budget, a dollar budget on an unpriced
+        model. Same decisions as `evaluate` (`tests/test_policy_native.py`)."""
+        matched = self.compiled.matcher.match_attrs(attrs, tags, [params.get(p) for p in self._params])
+        if not matched:
+            return None
+        selection = self._selections.get(matched)
+        if selection is None:
+            selection = self._select(matched)
+        if not selection.lean or not selection.bounded.isdisjoint(params):
+            return self.evaluate(facts())
+        needs = selection.needs
+        prompt = prompt_tokens() if needs & _NEEDS_PROMPT else 0
+        output = self._output_bound(params.get("max_tokens"), info) if needs & _NEEDS_OUTPUT else 0
+        usd = 0
+        if needs & _NEEDS_USD:
+            estimate = estimate_micro_usd(info, prompt, output)
+            if estimate is None:
+                return self.evaluate(facts())
+            usd = estimate
+        admission = Admission(self.backend)
+        verdicts = admission.verdicts
+        for policy in selection.checks:
+            verdicts.append(PolicyVerdict(policy.name, policy.check_kind, "allow", policy.mode))
+        self._admit_natively(selection, attrs, prompt, output, usd, admission)
+        return admission
 
     def evaluate(self, facts: RequestFacts) -> Admission:
         """Evaluate with a backend that answers in process (the memory backend); a request
@@ -640,95 +710,120 @@ class PolicyEngine:
         for (`None` when the request is decided without them)."""
         if not self.compiled.policies:
             return Admission(), None
-        matched = self._matches(self.compiled.matcher, self._params, facts)
+        attrs = facts.attrs()
+        matched = self.compiled.matcher.match_attrs(attrs, facts.tags, [facts.params.get(p) for p in self._params])
         if not matched:
             return Admission(), None
+        selection = self._selections.get(matched)
+        if selection is None:
+            selection = self._select(matched)
         admission = Admission(self.backend)
-        compiled = self.compiled.policies
-        policies = [compiled[i] for i in matched]
-        allowed: AbstractSet[int] = _NONE_ALLOWED
-        if self.compiled.allow_matcher is not None and any(p.allow_index is not None for p in policies):
-            allowed = set(self._matches(self.compiled.allow_matcher, self._allow_params, facts))
-        first_denial: tuple[PolicyVerdict, ApiError] | None = None
+        if selection.checks:
+            first_denial = self._checks(selection, facts, admission)
+            if first_denial is not None:
+                self._not_evaluated(selection.policies, admission)
+                admission.denied = first_denial
+                return admission, None
+        if selection.native:
+            needs = selection.needs
+            prompt = facts.prompt_tokens() if needs & _NEEDS_PROMPT else 0
+            output = (
+                self._output_bound(facts.params.get("max_tokens"), facts.model_info) if needs & _NEEDS_OUTPUT else 0
+            )
+            usd: int | None = 0
+            if needs & _NEEDS_USD:
+                usd = estimate_micro_usd(facts.model_info, prompt, output)
+            if usd is not None:  # else a dollar budget on an unpriced model: the Python path
+                self._admit_natively(selection, attrs, prompt, output, usd, admission)
+                return admission, None
+        return admission, self._plan(selection.policies, facts)
+
+    def _select(self, matched: tuple[int, ...]) -> _Selection:
+        """What a set of matched policies needs, worked out once per distinct set (most requests
+        of a deployment match one of a few sets); the cache is bounded."""
+        policies = tuple(self.compiled.policies[i] for i in matched)
         needs = 0
-        shadow_checks = False  # a shadow policy's access or parameter rule was checked
         for policy in policies:
             needs |= policy.needs
-            if not policy.checks:
+        checks = tuple(policy for policy in policies if policy.checks)
+        native = self._native is not None and not needs & _NEEDS_PYTHON
+        quick = [policy.passes_without for policy in checks]
+        selection = _Selection(
+            matched=list(matched),
+            policies=policies,
+            needs=needs,
+            checks=checks,
+            shadow_checks=any(not policy.enforce for policy in checks),
+            allow=self.compiled.allow_matcher is not None and any(p.allow_index is not None for p in checks),
+            native=native,
+            lean=native and all(names is not None for names in quick),
+            bounded=frozenset().union(*(names for names in quick if names is not None)),
+        )
+        if len(self._selections) >= _SELECTIONS_KEPT:
+            self._selections.clear()
+        self._selections[matched] = selection
+        return selection
+
+    def _checks(self, selection: _Selection, facts: RequestFacts, admission: Admission) -> ApiError | None:
+        """The access and parameter rules of the matched policies: their verdicts into
+        `admission`, and the first enforcing refusal."""
+        allowed: AbstractSet[int] = _NONE_ALLOWED
+        if selection.allow:
+            assert self.compiled.allow_matcher is not None
+            allowed = set(self._matches(self.compiled.allow_matcher, self._allow_params, facts))
+        first_denial: ApiError | None = None
+        params = facts.params
+        for policy in selection.checks:
+            quick = policy.passes_without
+            if quick is not None and quick.isdisjoint(params):
+                admission.verdicts.append(PolicyVerdict(policy.name, policy.check_kind, "allow", policy.mode))
                 continue
-            shadow_checks = shadow_checks or not policy.enforce
             for verdict, error in self._access_and_params(policy, facts, allowed, admission):
                 admission.verdicts.append(verdict)
                 if error is not None and policy.enforce and first_denial is None:
-                    first_denial = (verdict, error)
-        if first_denial is not None:
-            for policy in policies:
-                for rule in policy.limits:
-                    admission.verdicts.append(
-                        PolicyVerdict(
-                            policy=policy.name,
-                            kind=rule.spec.kind,
-                            verdict="not_evaluated",
-                            mode=policy.config.mode,
-                            detail="the request was refused by an access or parameter rule first",
-                        )
+                    first_denial = error
+        return first_denial
+
+    @staticmethod
+    def _not_evaluated(policies: Sequence[CompiledPolicy], admission: Admission) -> None:
+        for policy in policies:
+            for rule in policy.limits:
+                admission.verdicts.append(
+                    PolicyVerdict(
+                        policy=policy.name,
+                        kind=rule.spec.kind,
+                        verdict="not_evaluated",
+                        mode=policy.config.mode,
+                        detail="the request was refused by an access or parameter rule first",
                     )
-            admission.denied = first_denial[1]
-            return admission, None
-        if (
-            self._native is not None
-            and not needs & _NEEDS_PYTHON
-            and self._admit_natively(matched, needs, shadow_checks, facts, admission)
-        ):
-            return admission, None
-        return admission, self._plan(policies, facts)
+                )
 
     def _admit_natively(
-        self, matched: list[int], needs: int, shadow_checks: bool, facts: RequestFacts, admission: Admission
-    ) -> bool:
-        """Admit the limit rules in one native call; False if the request needs the Python path
-        after all (a dollar budget on an unpriced model)."""
-        prompt = facts.prompt_tokens() if needs & _NEEDS_PROMPT else 0
-        output = self._output_bound(facts) if needs & _NEEDS_OUTPUT else 0
-        usd = 0
-        if needs & _NEEDS_USD:
-            estimate = estimate_micro_usd(facts.model_info, prompt, output)
-            if estimate is None:
-                return False
-            usd = estimate
-        assert self._native is not None
-        backend = self.backend
-        assert isinstance(backend, MemoryBackend)
-        fields, holds, denial, headers, shadow = self._native.admit(
-            matched,
-            [
-                facts.key,
-                facts.team,
-                facts.user,
-                facts.model,
-                facts.resolved_model,
-                facts.provider,
-                facts.endpoint,
-                facts.ip,
-            ],
-            prompt,
-            output,
-            usd,
-            backend.clock(),
+        self,
+        selection: _Selection,
+        attrs: tuple[str | None, ...],
+        prompt: int,
+        output: int,
+        usd: int,
+        admission: Admission,
+    ) -> None:
+        """Admit the limit rules in one native call (`prompt`, `output`: the tokens to reserve;
+        `usd`: the dollar estimate in micro-USD)."""
+        clock = self._native_clock
+        verdicts, holds, denial, headers, shadow = self._native.admit(  # type: ignore[union-attr]
+            selection.matched, attrs, prompt, output, usd, clock()
         )
-        verdicts = admission.verdicts  # those of access and parameter rules, first
-        verdicts += [PolicyVerdict(*f) for f in fields]
+        admission.verdicts += verdicts  # after those of access and parameter rules
         if denial is not None:
             policy_index, rule_index, partition, answer = denial
             policy = self.compiled.policies[policy_index]
             admission.denied = self._limit_error(policy, self._native_rules[rule_index], answer, partition)
-            return True
+            return
         if holds is not None:
-            admission._native = (holds, backend.clock)
+            admission._native = (holds, clock)
         admission.headers += headers
-        if shadow or shadow_checks:
+        if shadow or selection.shadow_checks:
             self._shadow_header(admission)
-        return True
 
     # -- access and parameter rules ----------------------------------------------------------
     def _access_and_params(
@@ -817,9 +912,8 @@ class PolicyEngine:
         return out
 
     # -- limits ------------------------------------------------------------------------------
-    def _output_bound(self, facts: RequestFacts) -> int:
-        requested = facts.params.get("max_tokens")
-        info = facts.model_info
+    def _output_bound(self, requested: float | None, info: ModelInfo | None) -> int:
+        """The output tokens to reserve for a request with this `max_tokens` (or none)."""
         model_max = info.max_output_tokens if info is not None else None
         if requested is None:
             bound = self.limits.default_max_output_tokens
@@ -848,7 +942,7 @@ class PolicyEngine:
                     rules.append((policy, partition, rule, one, ""))
                     continue
                 if output_bound is None:
-                    output_bound = self._output_bound(facts)
+                    output_bound = self._output_bound(facts.params.get("max_tokens"), facts.model_info)
                 budget = rule.budget
                 if spec.unit == "usd":
                     amount = estimate_micro_usd(facts.model_info, facts.prompt_tokens(), output_bound)

@@ -67,6 +67,8 @@ log = logging.getLogger("tollway")
 CONFIG_ENV = "TOLLWAY_CONFIG"
 WATCH_INTERVAL_S = 1.0
 _JSON = ("content-type", "application/json")
+# Targets whose accounting `Runtime.accounting_of` keeps (clients may name any `provider/model`).
+_TARGETS_KEPT = 4096
 
 Handler = Callable[[Any, Any, str], Awaitable[None]]
 
@@ -128,6 +130,7 @@ class Runtime:
             config.providers, config.server.timeouts, client, self.base_dir
         )
         self._accounting: dict[tuple[str, str, str | None], ModelAccounting] = {}
+        self._by_target: dict[tuple[str, str, str], ModelAccounting] = {}
 
     def model_config(self, target: Target) -> ModelConfig:
         return model_config_for(target, self.models)
@@ -138,6 +141,17 @@ class Runtime:
         if found is None:
             found = ModelAccounting.resolve(self.catalog, target.model, model.tokenizer, str(self.base_dir))
             self._accounting[key] = found
+        return found
+
+    def accounting_of(self, target: Target) -> ModelAccounting:
+        """`accounting` for a target, by its name, provider and model (read per request when
+        policies are configured; the cache starts over past `_TARGETS_KEPT` targets)."""
+        key = (target.name, target.provider, target.model)
+        found = self._by_target.get(key)
+        if found is None:
+            if len(self._by_target) >= _TARGETS_KEPT:
+                self._by_target.clear()
+            found = self._by_target[key] = self.accounting(target, self.model_config(target))
         return found
 
     def _by_catalog(self, name: str) -> Target | None:

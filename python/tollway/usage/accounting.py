@@ -99,6 +99,17 @@ class ModelAccounting:
             return 0, "estimated"
         return tokens, self._source(exactness)
 
+    def prompt_tokens(self, api: str, raw_body: bytes) -> int:
+        """`count_prompt`'s number alone, for reserving it (on the request path when a policy
+        reserves prompt tokens: one call less than `count_prompt`, and no source to work out)."""
+        try:
+            counter = counter_for(self.tokenizer, self.base_dir)
+            if api == "anthropic":
+                return counter.count_anthropic_messages(raw_body)[0]
+            return counter.count_openai_chat(raw_body)[0]
+        except (TokenizerError, TokenCountError):
+            return self.count_prompt(api, raw_body)[0]
+
     def count_text(self, text: str) -> tuple[int, str]:
         """Tokens of output text, and the counter's exactness."""
         counter = self.counter()

@@ -3,9 +3,11 @@
 //! `tollway.policy.engine` builds one `Admitter` per configuration over the native limiters of
 //! the memory backend (shared with the engine's Python path, so both see the same counters).
 //! Per request, `admit` takes the matched policies' indices and the request's attributes and
-//! amounts as primitives, makes each policy's partition key, and returns each verdict's fields
-//! as a tuple (the engine makes `PolicyVerdict`s of them) with the headers and the holds.
+//! amounts as primitives, makes each policy's partition key, and returns the verdicts (each a
+//! `PolicyVerdict` when the engine gives its class, else the fields as a tuple) with the
+//! headers and the holds.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
@@ -164,15 +166,38 @@ pub struct Admitter {
     policies: Vec<Policy>,
     /// Distinct partition attribute lists (`Policy::per_id`).
     partitionings: usize,
+    /// What each verdict's fields are passed to (`PolicyVerdict`); `None`: verdicts are tuples.
+    make_verdict: Option<Py<PyAny>>,
+    /// The `x-ratelimit-limit-requests` and `-tokens` headers of each request and token rate
+    /// limit (they are the same on every response the limit is the tightest of).
+    limit_headers: [HashMap<u64, Py<PyTuple>, ahash::RandomState>; 2],
 }
 
 #[pymethods]
 impl Admitter {
     #[new]
-    fn new(rules: Vec<RuleSpec<'_>>, policies: Vec<PolicySpec<'_>>) -> PyResult<Self> {
+    #[pyo3(signature = (rules, policies, make_verdict=None))]
+    fn new(
+        rules: Vec<RuleSpec<'_>>,
+        policies: Vec<PolicySpec<'_>>,
+        make_verdict: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
         let (mut limits, mut core_rules, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+        let mut limit_headers: [HashMap<u64, Py<PyTuple>, ahash::RandomState>; 2] =
+            Default::default();
         for spec in rules {
+            let py = spec.window.py();
             let (limiter, rule, show) = rule_from(spec)?;
+            let (slot, name) = match rule.kind {
+                Kind::Rate => (0, "x-ratelimit-limit-requests"),
+                Kind::Tokens => (1, "x-ratelimit-limit-tokens"),
+                Kind::Concurrency | Kind::Budget => (usize::MAX, ""),
+            };
+            if slot != usize::MAX && !limit_headers[slot].contains_key(&rule.limit) {
+                let value = itoa::Buffer::new().format(rule.limit).to_owned();
+                let header = PyTuple::new(py, [name, value.as_str()])?.unbind();
+                limit_headers[slot].insert(rule.limit, header);
+            }
             limits.push(limiter);
             core_rules.push(rule);
             shown.push(show);
@@ -208,6 +233,8 @@ impl Admitter {
             shown,
             policies,
             partitionings: partitionings.len(),
+            make_verdict,
+            limit_headers,
         })
     }
 
@@ -216,16 +243,16 @@ impl Admitter {
     /// order); `prompt` and `output` the tokens to reserve; `usd` the dollar estimate in
     /// micro-USD (used only by dollar budgets); `now` in epoch seconds.
     ///
-    /// Returns `(verdicts, holds, denial, headers, shadow)`: each verdict's `PolicyVerdict`
-    /// fields as a tuple, in order; the holds to settle (`None` when denied or nothing is
+    /// Returns `(verdicts, holds, denial, headers, shadow)`: the verdicts in order (see
+    /// `make_verdict`); the holds to settle (`None` when denied or nothing is
     /// held); the denial as `(policy, rule, partition, Denial)`; OpenAI's `x-ratelimit-*`
     /// headers for the tightest enforcing request and token rates (none when denied); and
     /// whether a shadow policy would have denied.
     #[pyo3(signature = (matched, attrs, prompt, output, usd, now))]
     fn admit<'py>(
         slf: &Bound<'py, Self>,
-        matched: Vec<usize>,
-        attrs: Vec<Option<Bound<'py, PyString>>>,
+        matched: &Bound<'py, PyAny>,
+        attrs: &Bound<'py, PyTuple>,
         prompt: u64,
         output: u64,
         usd: u64,
@@ -234,6 +261,18 @@ impl Admitter {
         let py = slf.py();
         let this = slf.get();
         let now_ms = now_ms(Some(now))?;
+        // A list or tuple of indices (the engine's), read item by item: the generic sequence
+        // conversion costs more than the rest of taking the arguments.
+        let matched: Vec<usize> = match matched.cast::<PyList>() {
+            Ok(list) => {
+                let mut indices = Vec::with_capacity(list.len());
+                for index in list.iter() {
+                    indices.push(index.extract()?);
+                }
+                indices
+            }
+            Err(_) => matched.extract()?,
+        };
         // Each matched policy's partition key, made once per partitioning.
         let mut made: Vec<Option<Bound<'py, PyString>>> = vec![None; this.partitionings];
         let mut partitions: Vec<(usize, Bound<'py, PyString>)> = Vec::with_capacity(matched.len());
@@ -245,15 +284,19 @@ impl Admitter {
             let key = match &made[policy.per_id] {
                 Some(key) => key.clone(),
                 None => {
-                    let key = partition(py, policy, &attrs)?;
+                    let key = partition(py, policy, attrs)?;
                     made[policy.per_id] = Some(key.clone());
                     key
                 }
             };
             partitions.push((p, key));
         }
-        let mut takes = Vec::new();
-        let mut owners = Vec::new(); // (policy, partition) of each take
+        let rules_matched: usize = partitions
+            .iter()
+            .map(|(p, _)| this.policies[*p].rules.len())
+            .sum();
+        let mut takes = Vec::with_capacity(rules_matched);
+        let mut owners = Vec::with_capacity(rules_matched); // (policy, partition) of each take
         for (p, key) in &partitions {
             let policy = &this.policies[*p];
             let key_text = key.to_str()?;
@@ -314,32 +357,28 @@ impl Admitter {
             };
             let detail = matches!(outcome, Outcome::NotEvaluated)
                 .then(|| intern!(py, "an earlier policy denied the request"));
-            verdicts.append(verdict(
-                py,
-                policy,
-                &this.shown[rule],
-                key,
-                name,
-                numbers,
-                detail,
-            )?)?;
+            let fields = verdict(py, policy, &this.shown[rule], key, name, numbers, detail)?;
+            match &this.make_verdict {
+                Some(make) => verdicts.append(make.bind(py).call1(fields)?)?,
+                None => verdicts.append(fields)?,
+            }
         }
-        // Names interned, numbers written by `itoa`: formatting these six headers was a third
-        // of this call (instruction counts, callgrind).
+        // Names interned, numbers written by `itoa`, the limits' headers made once: formatting
+        // these six headers was a third of this call (instruction counts, callgrind).
         let mut header_pairs: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(6);
         let mut digits = itoa::Buffer::new();
-        for (names, tight) in [
+        for (slot, names, tight) in [
             (
+                0,
                 [
-                    intern!(py, "x-ratelimit-limit-requests"),
                     intern!(py, "x-ratelimit-remaining-requests"),
                     intern!(py, "x-ratelimit-reset-requests"),
                 ],
                 admission.requests,
             ),
             (
+                1,
                 [
-                    intern!(py, "x-ratelimit-limit-tokens"),
                     intern!(py, "x-ratelimit-remaining-tokens"),
                     intern!(py, "x-ratelimit-reset-tokens"),
                 ],
@@ -347,9 +386,14 @@ impl Admitter {
             ),
         ] {
             if let Some((limit, remaining, reset_ms)) = tight {
-                let [limit_name, remaining_name, reset_name] = names;
-                let limit = PyString::new(py, digits.format(limit));
-                header_pairs.push(PyTuple::new(py, [limit_name.clone(), limit])?);
+                let [remaining_name, reset_name] = names;
+                match this.limit_headers[slot].get(&limit) {
+                    Some(header) => header_pairs.push(header.bind(py).clone()),
+                    None => {
+                        let name = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"][slot];
+                        header_pairs.push(PyTuple::new(py, [name, digits.format(limit)])?);
+                    }
+                }
                 let remaining = PyString::new(py, digits.format(remaining));
                 header_pairs.push(PyTuple::new(py, [remaining_name.clone(), remaining])?);
                 let reset = PyString::new(py, &core::reset_text(reset_ms));
@@ -431,7 +475,7 @@ fn verdict<'py>(
 fn partition<'py>(
     py: Python<'py>,
     policy: &Policy,
-    attrs: &[Option<Bound<'py, PyString>>],
+    attrs: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyString>> {
     if policy.per.is_empty() {
         return Ok(intern!(py, "*").clone());
@@ -443,10 +487,14 @@ fn partition<'py>(
         }
         key.push_str(name.bind(py).to_str()?);
         key.push('=');
-        let value = match attrs.get(*index).and_then(Option::as_ref) {
-            Some(value) => value.to_str()?,
-            None => "",
+        let value = match attrs.get_item(*index) {
+            Ok(value) if !value.is_none() => value.cast_into::<PyString>()?,
+            _ => {
+                key.push('-');
+                continue;
+            }
         };
+        let value = value.to_str()?;
         key.push_str(if value.is_empty() { "-" } else { value });
     }
     Ok(PyString::new(py, &key))

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
 use tollway_core::policy::{self as core, Condition, Request, Value};
 
 use crate::errors::policy_error;
@@ -76,20 +77,81 @@ impl PolicySet {
         tags: Vec<String>,
         params: Vec<Option<f64>>,
     ) -> PyResult<Vec<u32>> {
-        let ip = match ip {
-            Some(text) => Some(
-                text.parse::<IpAddr>()
-                    .map_err(|_| PyValueError::new_err(format!("invalid IP address `{text}`")))?,
-            ),
-            None => None,
+        let attrs = [
+            key,
+            team,
+            user,
+            model,
+            resolved_model,
+            provider,
+            endpoint,
+            ip,
+        ];
+        self.find(attrs, &tags, &params)
+    }
+
+    /// `matches` for the request path: the attributes positionally, as the tuple `(key, team,
+    /// user, model, resolved_model, provider, endpoint, ip)` (the partition attributes' order,
+    /// which `Admitter.admit` takes too), and the indices as a tuple (hashable: the engine keys
+    /// what it works out per set of matched policies by it). Keyword arguments cost more to
+    /// take than the matching itself does.
+    fn match_attrs<'py>(
+        &self,
+        py: Python<'py>,
+        attrs: &Bound<'py, PyTuple>,
+        tags: &Bound<'py, PyAny>,
+        params: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        // Read item by item: the generic sequence conversion costs more than the matching.
+        let tags: Vec<String> = match tags.cast::<PyTuple>() {
+            Ok(tuple) => tuple.iter().map(|t| t.extract()).collect::<PyResult<_>>()?,
+            Err(_) => tags.extract()?,
         };
+        let mut values: Vec<Option<f64>> = Vec::with_capacity(params.len());
+        for value in params.iter() {
+            values.push(value.extract()?);
+        }
+        if attrs.len() != 8 {
+            return Err(PyValueError::new_err(format!(
+                "expected 8 attributes, got {}",
+                attrs.len()
+            )));
+        }
+        let items: Vec<Bound<'py, PyAny>> = attrs.iter().collect();
+        let mut texts: [Option<&str>; 8] = [None; 8];
+        for (text, item) in texts.iter_mut().zip(&items) {
+            if !item.is_none() {
+                *text = Some(item.cast::<PyString>()?.to_str()?);
+            }
+        }
+        PyTuple::new(py, self.find(texts, &tags, &values)?)
+    }
+}
+
+impl PolicySet {
+    /// The matching policies for `attrs` in `PARTITION_ATTRIBUTES` order (the last is the IP).
+    fn find(
+        &self,
+        attrs: [Option<&str>; 8],
+        tags: &[String],
+        params: &[Option<f64>],
+    ) -> PyResult<Vec<u32>> {
+        let [key, team, user, model, resolved_model, provider, endpoint, ip] = attrs;
         let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
         let request = Request {
             strings: [key, team, user, model, resolved_model, provider, endpoint],
             tags: &tag_refs,
-            ip,
-            params: &params,
+            ip: parse_ip(ip)?,
+            params,
         };
         Ok(self.inner.matches(&request))
     }
+}
+
+fn parse_ip(ip: Option<&str>) -> PyResult<Option<IpAddr>> {
+    ip.map(|text| {
+        text.parse::<IpAddr>()
+            .map_err(|_| PyValueError::new_err(format!("invalid IP address `{text}`")))
+    })
+    .transpose()
 }
