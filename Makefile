@@ -57,9 +57,10 @@ fmt: $(DEPS_STAMP) ## format Python and Rust
 	$(VENV)/bin/ruff check --fix python tests benches loadtests
 	cargo fmt --all
 
-bench: build ## benchmarks: native vs Python, upstream client, end-to-end overhead (needs wrk)
+bench: build ## benchmarks: native vs Python, upstream client, request path in process, end-to-end overhead (needs wrk)
 	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,ops
 	$(PY) benches/upstream_client.py
+	$(PY) benches/request_path.py --rounds 4
 	@command -v wrk >/dev/null || { echo "installing wrk for the end-to-end benchmark"; apt-get install -y -qq wrk || sudo apt-get install -y -qq wrk; }
 	$(PY) benches/e2e_overhead.py
 

@@ -177,16 +177,22 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("redis-server did not start")
 
 
-def start_gateway(up_port: int, extra: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    config = workdir / f"bench-{port}.toml"
+def config_text(up_port: int, extra: str) -> str:
+    """A bench gateway's configuration: one worker, the mock upstream, model `bench`, key
+    `bench`, and a variant's `extra` tables."""
     digest = hashlib.sha256(KEY.encode()).hexdigest()
-    config.write_text(
+    return (
         f'[server]\nworkers = 1\nlog_level = "warning"\n'
         f'[[providers]]\nname = "up"\nkind = "openai"\nbase_url = "http://127.0.0.1:{up_port}/v1"\n'
         f'[[models]]\nname = "bench"\nprovider = "up"\n'
         f'[[keys]]\nname = "bench"\nhash = "sha256:{digest}"\n' + extra
     )
+
+
+def start_gateway(up_port: int, extra: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = workdir / f"bench-{port}.toml"
+    config.write_text(config_text(up_port, extra))
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
         stdout=subprocess.DEVNULL,
