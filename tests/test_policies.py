@@ -24,7 +24,8 @@ from tollway._native import TokenCounter
 
 ADMIN = "tw-admin-policies"
 KEYS = {
-    name: f"tw-policy-{name}-key" for name in ("rl", "shadow", "conc", "budget", "intern", "params", "tok", "trunc")
+    name: f"tw-policy-{name}-key"
+    for name in ("rl", "rl1", "shadow", "conc", "budget", "intern", "params", "tok", "trunc")
 }
 MESSAGES = [{"role": "user", "content": "Say hello in five words"}]
 
@@ -34,6 +35,12 @@ name = "rl-rpm"
 match = { key = "rl" }
 per = "key"
 requests = "3/1h"
+
+[[policies]]
+name = "rl-one"
+match = { key = "rl1" }
+per = "key"
+requests = "1/1h"
 
 [[policies]]
 name = "shadow-rpm"
@@ -178,12 +185,14 @@ def test_rate_limit_denial_with_headers_and_explanation(gw: Server) -> None:
 
 
 def test_denial_in_the_anthropic_format(gw: Server) -> None:
-    client = anthropic.Anthropic(base_url=gw.url, api_key=KEYS["rl"], max_retries=0)
+    # A key of its own (one request an hour), so the test holds whatever ran before it.
+    client = anthropic.Anthropic(base_url=gw.url, api_key=KEYS["rl1"], max_retries=0)
+    client.messages.create(model="mock-gpt", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(anthropic.RateLimitError) as info:
         client.messages.create(model="mock-gpt", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
     body = info.value.body
     assert isinstance(body, dict) and body["type"] == "error"
-    assert body["error"]["type"] == "rate_limit_error" and "rl-rpm" in body["error"]["message"]
+    assert body["error"]["type"] == "rate_limit_error" and "rl-one" in body["error"]["message"]
 
 
 def test_shadow_mode_never_blocks(gw: Server) -> None:
