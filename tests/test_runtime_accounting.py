@@ -24,30 +24,38 @@ def runtime(tmp_path: Path) -> app.Runtime:
     return app.Runtime(load_config(str(config)), None, MemoryBackend(), "")
 
 
-def test_accounting_of_a_target_is_resolved_once_and_the_cache_is_bounded(
+def test_a_targets_accounting_is_resolved_once_and_the_cache_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rt = runtime(tmp_path)
-    fast = Target("fast", "up", "gpt-4o-mini")
-    found = rt.accounting_of(fast)
-    assert found == rt.accounting(fast, rt.model_config(fast))
+    found = rt.accounting(Target("fast", "up", "gpt-4o-mini"))
     assert found.info is not None and found.info.name == "gpt-4o-mini"  # from the shipped catalog
-    assert rt.accounting_of(Target("fast", "up", "gpt-4o-mini")) is found
+    assert found.tokenizer == found.info.tokenizer and found.known_tokenizer
+    assert rt.accounting(Target("fast", "up", "gpt-4o-mini")) is found
     monkeypatch.setattr(app, "_TARGETS_KEPT", 2)
-    rt.accounting_of(Target("up/a", "up", "a"))
-    assert len(rt._by_target) == 2
-    other = rt.accounting_of(Target("up/b", "up", "b"))  # a third: the cache starts over
-    assert list(rt._by_target.values()) == [other] and other.info is None
+    rt.accounting(Target("up/a", "up", "a"))
+    assert len(rt._accounting) == 2
+    other = rt.accounting(Target("up/b", "up", "b"))  # a third: the cache starts over
+    assert list(rt._accounting.values()) == [other] and other.info is None and not other.known_tokenizer
 
 
-def test_prompt_tokens_is_the_count_of_count_prompt(tmp_path: Path) -> None:
-    accounting = runtime(tmp_path).accounting_of(Target("fast", "up", "gpt-4o-mini"))
+def test_count_prompt_counts_each_api_and_never_raises(tmp_path: Path) -> None:
+    accounting = runtime(tmp_path).accounting(Target("fast", "up", "gpt-4o-mini"))
     counted, source = accounting.count_prompt("openai", BODY)
-    assert source == "counted" and counted > 10
-    assert accounting.prompt_tokens("openai", BODY) == counted
+    assert source == "counted" and counted == accounting.counter().count_openai_chat(BODY)[0] > 10
     anthropic = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"Write one short sentence."}]}'
-    assert accounting.prompt_tokens("anthropic", anthropic) == accounting.count_prompt("anthropic", anthropic)[0] > 0
-    # A body the counter cannot read reserves what `count_prompt` says of it (nothing), never raises.
-    assert accounting.prompt_tokens("openai", b'{"messages": 3}') == accounting.count_prompt("openai", b"[")[0] == 0
+    tokens, source = accounting.count_prompt("anthropic", anthropic)
+    assert tokens == accounting.counter().count_anthropic_messages(anthropic)[0] > 0 and source == "estimated"
+    # A body the counter cannot read counts nothing, estimated; it never raises.
+    assert (
+        accounting.count_prompt("openai", b'{"messages": 3}')
+        == accounting.count_prompt("openai", b"[")
+        == (
+            0,
+            "estimated",
+        )
+    )
+    # A tokenizer that cannot be loaded: counted with the default one.
     unknown = ModelAccounting(info=None, tokenizer="no-such-tokenizer", known_tokenizer=False, provenance="catalog")
-    assert unknown.prompt_tokens("openai", BODY) == unknown.count_prompt("openai", BODY)[0] > 0
+    tokens, source = unknown.count_prompt("openai", BODY)
+    assert tokens == counted and source == "estimated"

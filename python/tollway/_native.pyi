@@ -449,14 +449,14 @@ class Admitter:
     model at settlement, or `None`), `window`, `unit`, `limit_display`, `burst_note`; `policies`
     are dicts with `name`, `mode`, `enforce`, `per` (`(attribute, index into attrs)` pairs) and
     `rules` (indices into `rules`). `make_verdict` (`PolicyVerdict`) is called with each
-    verdict's fields; without it, `admit` returns the fields as tuples.
+    verdict's fields (`VerdictFields`).
     """
 
     def __init__(
         self,
         rules: list[dict[str, object]],
         policies: list[dict[str, object]],
-        make_verdict: Callable[..., object] | None = None,
+        make_verdict: Callable[..., object],
     ) -> None: ...
     def admit(
         self,
@@ -474,7 +474,7 @@ class Admitter:
         bool,
     ]:
         """Admit the limit rules of the `matched` policies, all or none: returns the verdicts in
-        order (`make_verdict`'s results, or each verdict's `VerdictFields`),
+        order (`make_verdict`'s results),
         the holds (`None` if denied or nothing is held), the first enforcing denial as
         `(policy, rule, partition, Denial)`, OpenAI's `x-ratelimit-*` headers for the tightest
         enforcing request and token limits (none if denied), and whether a shadow policy would

@@ -279,7 +279,7 @@ class ModelRequest:
         policies = self.rt.policies
         if policies.compiled.policies:
             if policies.in_process:
-                accounting, api, raw = self.rt.accounting_of(primary), self.api, parsed.raw
+                accounting, api, raw = self.rt.accounting(primary), self.api, parsed.raw
                 admission = policies.admit(
                     (
                         identity.key_name,
@@ -294,7 +294,7 @@ class ModelRequest:
                     identity.tags,
                     rec.params,
                     accounting.info,
-                    lambda: accounting.prompt_tokens(api, raw),
+                    lambda: accounting.count_prompt(api, raw)[0],
                     lambda: self._facts(identity, parsed, primary),
                 )
             else:
@@ -311,7 +311,7 @@ class ModelRequest:
     def _facts(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> RequestFacts:
         """The request as policies see it (made only when a matched policy needs more than its
         attributes: see `PolicyEngine.admit`)."""
-        accounting = self.rt.accounting_of(primary)
+        accounting = self.rt.accounting(primary)
         api, raw, rec = self.api, parsed.raw, self.record
         # Positional, in the field order: made per request, and keywords cost more.
         return RequestFacts(
@@ -328,7 +328,7 @@ class ModelRequest:
             parsed.stream,
             bool(parsed.body.get("tools")),
             self.scope.headers,
-            lambda: accounting.prompt_tokens(api, raw),
+            lambda: accounting.count_prompt(api, raw)[0],
             accounting.info,
         )
 
@@ -514,7 +514,7 @@ class ModelRequest:
         guard = None
         cap = self.admission.output_cap if self.admission is not None else None
         if cap is not None and call.meter is not None:
-            counter = self.rt.accounting(target, call.model).counter()
+            counter = self.rt.accounting(target).counter()
             if counter is not None:
                 guard = OutputGuard(cap[0], cap[1], call.meter, counter.stream())
         ends = _STREAM_ENDS["responses" if self.operation == "responses" else self.api]
@@ -610,7 +610,7 @@ class ModelRequest:
                 self.admission.release()
             return
         settled = settle_usage(
-            self.rt.accounting(target, call.model),
+            self.rt.accounting(target),
             api=self.api,
             raw_body=self.parsed.raw,
             reported=reported,

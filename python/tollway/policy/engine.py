@@ -661,28 +661,18 @@ class PolicyEngine:
         policies the native admission does not serve alone: an access rule, a parameter
         bound the request meets, an audit or truncating budget, a dollar budget on an unpriced
         model. Same decisions as `evaluate` (`tests/test_policy_native.py`)."""
-        matched = self.compiled.matcher.match_attrs(attrs, tags, [params.get(p) for p in self._params])
-        if not matched:
-            return None
-        selection = self._selections.get(matched)
+        selection = self._selection(attrs, tags, params)
         if selection is None:
-            selection = self._select(matched)
+            return None
         if not selection.lean or not selection.bounded.isdisjoint(params):
             return self.evaluate(facts())
-        needs = selection.needs
-        prompt = prompt_tokens() if needs & _NEEDS_PROMPT else 0
-        output = self._output_bound(params.get("max_tokens"), info) if needs & _NEEDS_OUTPUT else 0
-        usd = 0
-        if needs & _NEEDS_USD:
-            estimate = estimate_micro_usd(info, prompt, output)
-            if estimate is None:
-                return self.evaluate(facts())
-            usd = estimate
+        amounts = self._amounts(selection.needs, prompt_tokens, params.get("max_tokens"), info)
+        if amounts is None:
+            return self.evaluate(facts())
         admission = Admission(self.backend)
-        verdicts = admission.verdicts
         for policy in selection.checks:
-            verdicts.append(PolicyVerdict(policy.name, policy.check_kind, "allow", policy.mode))
-        self._admit_natively(selection, attrs, prompt, output, usd, admission)
+            admission.verdicts.append(_passed(policy))
+        self._admit_natively(selection, attrs, amounts, admission)
         return admission
 
     def evaluate(self, facts: RequestFacts) -> Admission:
@@ -711,12 +701,9 @@ class PolicyEngine:
         if not self.compiled.policies:
             return Admission(), None
         attrs = facts.attrs()
-        matched = self.compiled.matcher.match_attrs(attrs, facts.tags, [facts.params.get(p) for p in self._params])
-        if not matched:
-            return Admission(), None
-        selection = self._selections.get(matched)
+        selection = self._selection(attrs, facts.tags, facts.params)
         if selection is None:
-            selection = self._select(matched)
+            return Admission(), None
         admission = Admission(self.backend)
         if selection.checks:
             first_denial = self._checks(selection, facts, admission)
@@ -725,18 +712,36 @@ class PolicyEngine:
                 admission.denied = first_denial
                 return admission, None
         if selection.native:
-            needs = selection.needs
-            prompt = facts.prompt_tokens() if needs & _NEEDS_PROMPT else 0
-            output = (
-                self._output_bound(facts.params.get("max_tokens"), facts.model_info) if needs & _NEEDS_OUTPUT else 0
+            amounts = self._amounts(
+                selection.needs, facts.prompt_tokens, facts.params.get("max_tokens"), facts.model_info
             )
-            usd: int | None = 0
-            if needs & _NEEDS_USD:
-                usd = estimate_micro_usd(facts.model_info, prompt, output)
-            if usd is not None:  # else a dollar budget on an unpriced model: the Python path
-                self._admit_natively(selection, attrs, prompt, output, usd, admission)
+            if amounts is not None:  # else a dollar budget on an unpriced model: the Python path
+                self._admit_natively(selection, attrs, amounts, admission)
                 return admission, None
         return admission, self._plan(selection.policies, facts)
+
+    def _selection(
+        self, attrs: tuple[str | None, ...], tags: Sequence[str], params: Mapping[str, float]
+    ) -> _Selection | None:
+        """The policies a request matches, as a `_Selection`; `None` when none does."""
+        matched = self.compiled.matcher.match_attrs(attrs, tags, [params.get(p) for p in self._params])
+        if not matched:
+            return None
+        selection = self._selections.get(matched)
+        return selection if selection is not None else self._select(matched)
+
+    def _amounts(
+        self, needs: int, prompt_tokens: Callable[[], int], max_tokens: float | None, info: ModelInfo | None
+    ) -> tuple[int, int, int] | None:
+        """What the native admission reserves for limit rules needing `needs`: prompt tokens
+        (counted only if needed), the output bound, and the dollar estimate in micro-USD;
+        `None` when a dollar budget meets an unpriced model (the Python path decides)."""
+        prompt = prompt_tokens() if needs & _NEEDS_PROMPT else 0
+        output = self._output_bound(max_tokens, info) if needs & _NEEDS_OUTPUT else 0
+        if not needs & _NEEDS_USD:
+            return prompt, output, 0
+        usd = estimate_micro_usd(info, prompt, output)
+        return None if usd is None else (prompt, output, usd)
 
     def _select(self, matched: tuple[int, ...]) -> _Selection:
         """What a set of matched policies needs, worked out once per distinct set (most requests
@@ -776,7 +781,7 @@ class PolicyEngine:
         for policy in selection.checks:
             quick = policy.passes_without
             if quick is not None and quick.isdisjoint(params):
-                admission.verdicts.append(PolicyVerdict(policy.name, policy.check_kind, "allow", policy.mode))
+                admission.verdicts.append(_passed(policy))
                 continue
             for verdict, error in self._access_and_params(policy, facts, allowed, admission):
                 admission.verdicts.append(verdict)
@@ -802,14 +807,12 @@ class PolicyEngine:
         self,
         selection: _Selection,
         attrs: tuple[str | None, ...],
-        prompt: int,
-        output: int,
-        usd: int,
+        amounts: tuple[int, int, int],
         admission: Admission,
     ) -> None:
-        """Admit the limit rules in one native call (`prompt`, `output`: the tokens to reserve;
-        `usd`: the dollar estimate in micro-USD)."""
+        """Admit the limit rules in one native call (`amounts`: see `_amounts`)."""
         clock = self._native_clock
+        prompt, output, usd = amounts
         verdicts, holds, denial, headers, shadow = self._native.admit(  # type: ignore[union-attr]
             selection.matched, attrs, prompt, output, usd, clock()
         )
@@ -908,7 +911,7 @@ class PolicyEngine:
                     f"Set `{name}` to {side} {limit:g}.",
                 )
         if not out:  # every check passed (a policy is checked only when it has checks)
-            out.append((PolicyVerdict(policy=policy.name, kind=policy.check_kind, verdict="allow", mode=mode), None))
+            out.append((_passed(policy), None))
         return out
 
     # -- limits ------------------------------------------------------------------------------
@@ -1132,6 +1135,11 @@ class PolicyEngine:
         if answer.retry_after is not None:
             headers.append(("retry-after", str(max(1, math.ceil(answer.retry_after)))))
         return ApiError(429, "rate_limit_error", code, message, headers=tuple(headers))
+
+
+def _passed(policy: CompiledPolicy) -> PolicyVerdict:
+    """The verdict of a policy whose access and parameter rules all passed."""
+    return PolicyVerdict(policy.name, policy.check_kind, "allow", policy.mode)
 
 
 def _refuse(

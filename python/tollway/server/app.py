@@ -67,7 +67,7 @@ log = logging.getLogger("tollway")
 CONFIG_ENV = "TOLLWAY_CONFIG"
 WATCH_INTERVAL_S = 1.0
 _JSON = ("content-type", "application/json")
-# Targets whose accounting `Runtime.accounting_of` keeps (clients may name any `provider/model`).
+# Targets whose accounting `Runtime.accounting` keeps (clients may name any `provider/model`).
 _TARGETS_KEPT = 4096
 
 Handler = Callable[[Any, Any, str], Awaitable[None]]
@@ -129,29 +129,22 @@ class Runtime:
         self.adapters: dict[str, ProviderAdapter] = build_adapters(
             config.providers, config.server.timeouts, client, self.base_dir
         )
-        self._accounting: dict[tuple[str, str, str | None], ModelAccounting] = {}
-        self._by_target: dict[tuple[str, str, str], ModelAccounting] = {}
+        self._accounting: dict[tuple[str, str, str], ModelAccounting] = {}
 
     def model_config(self, target: Target) -> ModelConfig:
         return model_config_for(target, self.models)
 
-    def accounting(self, target: Target, model: ModelConfig) -> ModelAccounting:
-        key = (target.provider, target.model, model.tokenizer)
+    def accounting(self, target: Target) -> ModelAccounting:
+        """How a target's model is counted and priced, resolved once per target (by name,
+        provider and model; read per request). The cache starts over past `_TARGETS_KEPT`."""
+        key = (target.name, target.provider, target.model)
         found = self._accounting.get(key)
         if found is None:
-            found = ModelAccounting.resolve(self.catalog, target.model, model.tokenizer, str(self.base_dir))
+            if len(self._accounting) >= _TARGETS_KEPT:
+                self._accounting.clear()
+            tokenizer = self.model_config(target).tokenizer
+            found = ModelAccounting.resolve(self.catalog, target.model, tokenizer, str(self.base_dir))
             self._accounting[key] = found
-        return found
-
-    def accounting_of(self, target: Target) -> ModelAccounting:
-        """`accounting` for a target, by its name, provider and model (read per request when
-        policies are configured; the cache starts over past `_TARGETS_KEPT` targets)."""
-        key = (target.name, target.provider, target.model)
-        found = self._by_target.get(key)
-        if found is None:
-            if len(self._by_target) >= _TARGETS_KEPT:
-                self._by_target.clear()
-            found = self._by_target[key] = self.accounting(target, self.model_config(target))
         return found
 
     def _by_catalog(self, name: str) -> Target | None:
@@ -488,7 +481,7 @@ class Gateway:
         target = runtime.router.first_target(model)
         if target is None:
             raise Reject(model_not_found(model))
-        counter = runtime.accounting(target, runtime.model_config(target)).counter()
+        counter = runtime.accounting(target).counter()
         if counter is None:
             raise Reject(ApiError(500, "server_error", "no_tokenizer", "no tokenizer is available for this model"))
         try:

@@ -82,12 +82,15 @@ class ModelAccounting:
             )
             return counter_for(DEFAULT_TOKENIZER)
 
-    def _source(self, exactness: str) -> TokenSource:
-        return "counted" if exactness == "exact" and self.known_tokenizer else "estimated"
-
     def count_prompt(self, api: str, raw_body: bytes) -> tuple[int, TokenSource]:
-        """Prompt tokens of a request body in the client's API format."""
-        counter = self.counter()
+        """Prompt tokens of a request body in the client's API format (on the request path when
+        a policy reserves prompt tokens: the cached counter is looked up without `counter()`'s
+        call, which is for when it cannot be loaded)."""
+        counter: TokenCounter | None
+        try:
+            counter = counter_for(self.tokenizer, self.base_dir)
+        except TokenizerError:
+            counter = self.counter()
         if counter is None:
             return 0, "estimated"
         try:
@@ -97,18 +100,7 @@ class ModelAccounting:
                 tokens, exactness = counter.count_openai_chat(raw_body)
         except TokenCountError:
             return 0, "estimated"
-        return tokens, self._source(exactness)
-
-    def prompt_tokens(self, api: str, raw_body: bytes) -> int:
-        """`count_prompt`'s number alone, for reserving it (on the request path when a policy
-        reserves prompt tokens: one call less than `count_prompt`, and no source to work out)."""
-        try:
-            counter = counter_for(self.tokenizer, self.base_dir)
-            if api == "anthropic":
-                return counter.count_anthropic_messages(raw_body)[0]
-            return counter.count_openai_chat(raw_body)[0]
-        except (TokenizerError, TokenCountError):
-            return self.count_prompt(api, raw_body)[0]
+        return tokens, "counted" if exactness == "exact" and self.known_tokenizer else "estimated"
 
     def count_text(self, text: str) -> tuple[int, str]:
         """Tokens of output text, and the counter's exactness."""

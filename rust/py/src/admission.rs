@@ -3,9 +3,8 @@
 //! `tollway.policy.engine` builds one `Admitter` per configuration over the native limiters of
 //! the memory backend (shared with the engine's Python path, so both see the same counters).
 //! Per request, `admit` takes the matched policies' indices and the request's attributes and
-//! amounts as primitives, makes each policy's partition key, and returns the verdicts (each a
-//! `PolicyVerdict` when the engine gives its class, else the fields as a tuple) with the
-//! headers and the holds.
+//! amounts as primitives, makes each policy's partition key, and returns the verdicts (made by
+//! the `PolicyVerdict` class the engine gives) with the headers and the holds.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -166,21 +165,28 @@ pub struct Admitter {
     policies: Vec<Policy>,
     /// Distinct partition attribute lists (`Policy::per_id`).
     partitionings: usize,
-    /// What each verdict's fields are passed to (`PolicyVerdict`); `None`: verdicts are tuples.
-    make_verdict: Option<Py<PyAny>>,
-    /// The `x-ratelimit-limit-requests` and `-tokens` headers of each request and token rate
-    /// limit (they are the same on every response the limit is the tightest of).
+    /// What each verdict's fields are passed to: `PolicyVerdict`.
+    make_verdict: Py<PyAny>,
+    /// The `x-ratelimit-limit-requests` and `-tokens` headers (`LIMIT_HEADERS` order) of each
+    /// request and token rate limit, by limit: the same on every response it is the tightest of.
     limit_headers: [HashMap<u64, Py<PyTuple>, ahash::RandomState>; 2],
+}
+
+/// The names of the limit headers, by `Tightest` slot: request rates, then token rates.
+const LIMIT_HEADERS: [&str; 2] = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"];
+
+/// The `x-ratelimit-limit-*` header of slot `slot` for a limit.
+fn limit_header<'py>(py: Python<'py>, slot: usize, limit: u64) -> PyResult<Bound<'py, PyTuple>> {
+    PyTuple::new(py, [LIMIT_HEADERS[slot], itoa::Buffer::new().format(limit)])
 }
 
 #[pymethods]
 impl Admitter {
     #[new]
-    #[pyo3(signature = (rules, policies, make_verdict=None))]
     fn new(
         rules: Vec<RuleSpec<'_>>,
         policies: Vec<PolicySpec<'_>>,
-        make_verdict: Option<Py<PyAny>>,
+        make_verdict: Py<PyAny>,
     ) -> PyResult<Self> {
         let (mut limits, mut core_rules, mut shown) = (Vec::new(), Vec::new(), Vec::new());
         let mut limit_headers: [HashMap<u64, Py<PyTuple>, ahash::RandomState>; 2] =
@@ -188,15 +194,16 @@ impl Admitter {
         for spec in rules {
             let py = spec.window.py();
             let (limiter, rule, show) = rule_from(spec)?;
-            let (slot, name) = match rule.kind {
-                Kind::Rate => (0, "x-ratelimit-limit-requests"),
-                Kind::Tokens => (1, "x-ratelimit-limit-tokens"),
-                Kind::Concurrency | Kind::Budget => (usize::MAX, ""),
+            let slot = match rule.kind {
+                Kind::Rate => Some(0),
+                Kind::Tokens => Some(1),
+                Kind::Concurrency | Kind::Budget => None,
             };
-            if slot != usize::MAX && !limit_headers[slot].contains_key(&rule.limit) {
-                let value = itoa::Buffer::new().format(rule.limit).to_owned();
-                let header = PyTuple::new(py, [name, value.as_str()])?.unbind();
-                limit_headers[slot].insert(rule.limit, header);
+            if let Some(slot) = slot {
+                if !limit_headers[slot].contains_key(&rule.limit) {
+                    let header = limit_header(py, slot, rule.limit)?.unbind();
+                    limit_headers[slot].insert(rule.limit, header);
+                }
             }
             limits.push(limiter);
             core_rules.push(rule);
@@ -251,7 +258,7 @@ impl Admitter {
     #[pyo3(signature = (matched, attrs, prompt, output, usd, now))]
     fn admit<'py>(
         slf: &Bound<'py, Self>,
-        matched: &Bound<'py, PyAny>,
+        matched: &Bound<'py, PyList>,
         attrs: &Bound<'py, PyTuple>,
         prompt: u64,
         output: u64,
@@ -261,18 +268,13 @@ impl Admitter {
         let py = slf.py();
         let this = slf.get();
         let now_ms = now_ms(Some(now))?;
-        // A list or tuple of indices (the engine's), read item by item: the generic sequence
-        // conversion costs more than the rest of taking the arguments.
-        let matched: Vec<usize> = match matched.cast::<PyList>() {
-            Ok(list) => {
-                let mut indices = Vec::with_capacity(list.len());
-                for index in list.iter() {
-                    indices.push(index.extract()?);
-                }
-                indices
-            }
-            Err(_) => matched.extract()?,
-        };
+        // Read item by item: the generic sequence conversion costs more than the rest of
+        // taking the arguments.
+        let mut indices = Vec::with_capacity(matched.len());
+        for index in matched.iter() {
+            indices.push(index.extract::<usize>()?);
+        }
+        let matched = indices;
         // Each matched policy's partition key, made once per partitioning.
         let mut made: Vec<Option<Bound<'py, PyString>>> = vec![None; this.partitionings];
         let mut partitions: Vec<(usize, Bound<'py, PyString>)> = Vec::with_capacity(matched.len());
@@ -358,10 +360,7 @@ impl Admitter {
             let detail = matches!(outcome, Outcome::NotEvaluated)
                 .then(|| intern!(py, "an earlier policy denied the request"));
             let fields = verdict(py, policy, &this.shown[rule], key, name, numbers, detail)?;
-            match &this.make_verdict {
-                Some(make) => verdicts.append(make.bind(py).call1(fields)?)?,
-                None => verdicts.append(fields)?,
-            }
+            verdicts.append(this.make_verdict.bind(py).call1(fields)?)?;
         }
         // Names interned, numbers written by `itoa`, the limits' headers made once: formatting
         // these six headers was a third of this call (instruction counts, callgrind).
@@ -387,13 +386,11 @@ impl Admitter {
         ] {
             if let Some((limit, remaining, reset_ms)) = tight {
                 let [remaining_name, reset_name] = names;
-                match this.limit_headers[slot].get(&limit) {
-                    Some(header) => header_pairs.push(header.bind(py).clone()),
-                    None => {
-                        let name = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"][slot];
-                        header_pairs.push(PyTuple::new(py, [name, digits.format(limit)])?);
-                    }
-                }
+                // Every rate limit's header was made with the `Admitter`.
+                header_pairs.push(match this.limit_headers[slot].get(&limit) {
+                    Some(header) => header.bind(py).clone(),
+                    None => limit_header(py, slot, limit)?,
+                });
                 let remaining = PyString::new(py, digits.format(remaining));
                 header_pairs.push(PyTuple::new(py, [remaining_name.clone(), remaining])?);
                 let reset = PyString::new(py, &core::reset_text(reset_ms));
