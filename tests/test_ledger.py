@@ -232,6 +232,29 @@ def test_the_full_record_sets_every_field_and_a_bare_one_round_trips(sink: Sqlit
     assert stored == "{}"  # the columns are not repeated, the defaults left out
 
 
+def test_missing_values_are_sql_nulls_and_empty_strings_stay_strings(sink: SqliteLedger) -> None:
+    # Rows bind a missing value as NaN (SQLite stores NULL), not as None: what a query filtering
+    # or grouping on the column sees must be a real NULL, and "" must not become one.
+    bare = UsageRecord(request_id="req_bare", received_at=T0)
+    empty = UsageRecord(request_id="req_empty", received_at=T0 + 1, key="", team="", user="", ttft_ms=0.0)
+    sink.write_batch([bare, empty])
+    nullable = ("key", "team", "user", "requested_model", "provider", "upstream_model", "error_code", "ttft_ms")
+    with sqlite3.connect(sink.path) as conn:
+        kinds = {
+            rid: conn.execute(
+                "SELECT " + ", ".join(f'typeof("{c}")' for c in nullable) + " FROM requests WHERE request_id = ?",
+                (rid,),
+            ).fetchone()
+            for rid in ("req_bare", "req_empty")
+        }
+        team_is_null = conn.execute('SELECT request_id FROM requests WHERE "team" IS NULL').fetchall()
+    conn.close()
+    assert kinds["req_bare"] == ("null",) * len(nullable)
+    assert kinds["req_empty"] == ("text", "text", "text", "null", "null", "null", "null", "real")
+    assert team_is_null == [("req_bare",)]
+    assert sink.get("req_bare") == bare and sink.get("req_empty") == empty
+
+
 def test_rows_holding_the_whole_record_as_json_still_read(sink: SqliteLedger) -> None:
     # Files written before the record column was trimmed to the fields without a column.
     rec = full_record("req_old_layout")
