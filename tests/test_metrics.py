@@ -296,6 +296,17 @@ def test_a_flood_of_distinct_labels_stays_bounded() -> None:
     assert again[("tollway_requests_total", labels)] == 2
 
 
+def test_every_status_is_counted_past_the_statuses_a_route_keeps() -> None:
+    # A route keeps cells for a bounded number of distinct statuses; the rest still count.
+    metrics = GatewayMetrics()
+    statuses = list(range(200, 600))
+    for status in statuses * 2:
+        metrics.observe_record(UsageRecord(request_id="r", received_at=0, requested_model="m", status=status))
+    requests = parse(metrics.render())["tollway_requests"]
+    by_class = {dict(labels)["status_class"]: n for (_, labels), n in requests.items()}
+    assert by_class == {"2xx": 200, "3xx": 200, "4xx": 200, "5xx": 200}
+
+
 def test_series_shared_by_several_routes_are_not_folded_when_the_metric_is_full() -> None:
     # Tokens are labelled by model and provider only: two endpoints share one series, and the
     # second endpoint must find it even though the metric holds its maximum already.

@@ -428,23 +428,51 @@ def status_class(status: int) -> str:
 
 
 _MAX_ROUTES = 4096
+# Distinct HTTP statuses a route keeps cells for (the rest are looked up per request).
+_MAX_STATUSES = 64
 
 
 class _Route:
-    """The cells (counter values, histogram bucket lists) that requests on one (endpoint, model,
-    provider) update, filled on first use. A cell folded into `other` is not kept, so that each
-    folded observation goes through the metric's own path and is counted as an overflow."""
+    """The cells (counter values, histogram bucket lists) that requests on one (endpoint, model
+    asked for, provider) update, each filled on first use and then read as an attribute. A cell
+    folded into `other` is not kept, so that each folded observation goes through the metric's
+    own path and is counted as an overflow."""
 
-    __slots__ = ("cells", "key", "metrics")
+    __slots__ = (
+        "cache_write",
+        "cached",
+        "completion",
+        "cost",
+        "duration",
+        "labels",
+        "metrics",
+        "overhead",
+        "prompt",
+        "reasoning",
+        "statuses",
+        "ttft",
+        "unpriced",
+    )
 
-    def __init__(self, metrics: GatewayMetrics, key: tuple[str, str, str]) -> None:
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str]) -> None:
         self.metrics = metrics
-        self.key = key
-        self.cells: dict[str, list[float]] = {}
+        self.labels = labels  # (endpoint, model label, provider label)
+        self.statuses: dict[int, list[float]] = {}  # by the HTTP status, for `tollway_requests_total`
+        self.prompt: list[float] | None = None
+        self.completion: list[float] | None = None
+        self.cached: list[float] | None = None
+        self.cache_write: list[float] | None = None
+        self.reasoning: list[float] | None = None
+        self.cost: list[float] | None = None
+        self.unpriced: list[float] | None = None
+        self.duration: list[float] | None = None
+        self.ttft: list[float] | None = None
+        self.overhead: list[float] | None = None
 
     def fill(self, name: str) -> list[float]:
+        """The cell `name` (a slot above), kept unless it was folded."""
         m = self.metrics
-        endpoint, model, provider = self.key
+        endpoint, model, provider = self.labels
         cell: list[float]
         if name in _TOKEN_TYPE_SET:
             cell, folded = m.tokens._new_cell((model, provider, name))
@@ -453,15 +481,20 @@ class _Route:
         elif name == "unpriced":
             cell, folded = m.unpriced._new_cell((model,))
         elif name == "duration":
-            cell, folded = m.request_duration._new_series(self.key)
+            cell, folded = m.request_duration._new_series(self.labels)
         elif name == "ttft":
-            cell, folded = m.time_to_first_token._new_series(self.key)
-        elif name == "overhead":
+            cell, folded = m.time_to_first_token._new_series(self.labels)
+        else:  # overhead
             cell, folded = m.gateway_overhead._new_series((endpoint, provider))
-        else:  # a status class
-            cell, folded = m.requests._new_cell((endpoint, model, provider, name))
         if not folded:
-            self.cells[name] = cell
+            setattr(self, name, cell)
+        return cell
+
+    def fill_status(self, status: int) -> list[float]:
+        endpoint, model, provider = self.labels
+        cell, folded = self.metrics.requests._new_cell((endpoint, model, provider, status_class(status)))
+        if not folded and len(self.statuses) < _MAX_STATUSES:
+            self.statuses[status] = cell
         return cell
 
 
@@ -482,7 +515,7 @@ class GatewayMetrics:
     ) -> None:
         r = self.registry = registry if registry is not None else Registry(max_series=max_series)
         self._models = frozenset(models) if models is not None else None
-        self._routes: dict[tuple[str, str, str], _Route] = {}
+        self._routes: dict[tuple[str, str | None, str | None], _Route] = {}
         self.requests = r.counter(
             "tollway_requests_total",
             "Requests received on an API endpoint, by the model asked for, the provider that served"
@@ -567,50 +600,50 @@ class GatewayMetrics:
     def observe_record(self, record: UsageRecord) -> None:
         """Update every per-request metric from a finished request's record.
 
-        The series one (endpoint, model, provider) touches are looked up once and kept in a
-        `_Route`, so a request costs a few small-dict lookups, not one label-tuple hash per metric.
-        """
-        model = self.model_label(record.requested_model)
-        key = (record.endpoint, model, record.provider or "")
-        route = self._routes.get(key)
+        The cells one (endpoint, model, provider) updates are kept on a `_Route` looked up by the
+        record's own values (the model's label worked out once per route), so a request costs
+        one dict lookup and an attribute read per cell. Measured (callgrind, 2026-12-06): 14.5k
+        instructions per call with a dict of cells by name and the labels worked out per call."""
+        route = self._routes.get((record.endpoint, record.requested_model, record.provider))
         if route is None:
-            route = self._new_route(key)
-        cells = route.cells
-        fill = route.fill
-        status = status_class(record.status)
-        (cells.get(status) or fill(status))[0] += 1
+            route = self._new_route(record.endpoint, record.requested_model, record.provider)
+        status = record.status
+        cell = route.statuses.get(status)
+        if cell is None:
+            cell = route.fill_status(status)
+        cell[0] += 1
         n = record.prompt_tokens
         if n > 0:
-            (cells.get("prompt") or fill("prompt"))[0] += n
+            (route.prompt or route.fill("prompt"))[0] += n
         n = record.completion_tokens
         if n > 0:
-            (cells.get("completion") or fill("completion"))[0] += n
+            (route.completion or route.fill("completion"))[0] += n
         n = record.cached_tokens
         if n > 0:
-            (cells.get("cached") or fill("cached"))[0] += n
+            (route.cached or route.fill("cached"))[0] += n
         n = record.cache_write_tokens
         if n > 0:
-            (cells.get("cache_write") or fill("cache_write"))[0] += n
+            (route.cache_write or route.fill("cache_write"))[0] += n
         n = record.reasoning_tokens
         if n > 0:
-            (cells.get("reasoning") or fill("reasoning"))[0] += n
+            (route.reasoning or route.fill("reasoning"))[0] += n
         cost = record.cost_usd
         if cost > 0:
-            (cells.get("cost") or fill("cost"))[0] += cost
+            (route.cost or route.fill("cost"))[0] += cost
         if record.cost_source == "unpriced":
-            (cells.get("unpriced") or fill("unpriced"))[0] += 1
+            (route.unpriced or route.fill("unpriced"))[0] += 1
         seconds = record.latency_ms / 1000.0
-        series = cells.get("duration") or fill("duration")
+        series = route.duration or route.fill("duration")
         series[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         series[-1] += seconds
-        if record.ttft_ms is not None:
-            seconds = record.ttft_ms / 1000.0
-            series = cells.get("ttft") or fill("ttft")
+        if (ms := record.ttft_ms) is not None:
+            seconds = ms / 1000.0
+            series = route.ttft or route.fill("ttft")
             series[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             series[-1] += seconds
-        if record.overhead_ms is not None:
-            seconds = record.overhead_ms / 1000.0
-            series = cells.get("overhead") or fill("overhead")
+        if (ms := record.overhead_ms) is not None:
+            seconds = ms / 1000.0
+            series = route.overhead or route.fill("overhead")
             series[bisect_left(OVERHEAD_BUCKETS, seconds)] += 1
             series[-1] += seconds
         for attempt in record.attempts:
@@ -619,12 +652,12 @@ class GatewayMetrics:
         for decision in record.decisions:
             self.policy_decisions.inc((decision.policy, decision.verdict))
 
-    def _new_route(self, key: tuple[str, str, str]) -> _Route:
-        route = _Route(self, key)
-        # Keys are bounded by the configuration (endpoints x models x providers); past the cap
-        # (a flood of unknown names without a `models` list) routes are built per call, uncached.
+    def _new_route(self, endpoint: str, model: str | None, provider: str | None) -> _Route:
+        route = _Route(self, (endpoint, self.model_label(model), provider or ""))
+        # Keys are bounded by the configuration (endpoints x models x providers) when `models` is
+        # given; past the cap (a flood of unknown names) routes are built per call, uncached.
         if len(self._routes) < _MAX_ROUTES:
-            self._routes[key] = route
+            self._routes[(endpoint, model, provider)] = route
         return route
 
     def render(self) -> bytes:
