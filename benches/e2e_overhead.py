@@ -13,6 +13,9 @@ gateway share the machine, so absolute numbers move with load; compare within on
 
     .venv/bin/python benches/e2e_overhead.py --pin --rounds 10 --duration 3 --variants bare,no-access-log,default
 
+`--instances K` runs K gateways per variant and measures them in turn across the rounds, so
+that no variant's figure rests on one process's own speed.
+
 Variants (each a gateway of its own, measured in the same run, non-streamed):
 - `default`: as shipped: usage ledger (SQLite), metrics and the JSON access log on.
 - `bare`: ledger, metrics and access log off: what the accounting costs is the difference.
@@ -226,43 +229,58 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def interleaved(variants: list[str], args: argparse.Namespace, up_port: int, redis_url: str, workdir: Path) -> None:
-    """Every variant's gateway up at once; rounds of one short wrk run each, in turn; medians.
+    """Every variant's gateways up at once; rounds of one short wrk run each, in turn; medians.
 
     On a shared machine whose speed drifts by tens of percent within minutes, variants measured
     one after another (the default mode) differ by the drift; here each round measures them all
     within a few seconds, and each variant's figure is also given relative to the first
-    variant's in the same round (the median of those ratios is the figure to read)."""
+    variant's in the same round (the median of those ratios is the figure to read).
+
+    A gateway process has a speed of its own (hash seeds, memory layout: two `bare` gateways
+    differed by a median of 20 us of CPU per request in one run), so with `--instances K` each
+    variant runs K gateways and round i measures instance i mod K: the medians then mix K
+    processes per variant instead of resting on one."""
     import statistics
 
     names = list(dict.fromkeys(variants))
-    gateways = {n: start_gateway(up_port, VARIANTS[n].replace("{redis_url}", redis_url), workdir) for n in names}
-    samples: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}  # req/s, CPU us, p50 ms
+    k = args.instances
+    gateways = {
+        n: [start_gateway(up_port, VARIANTS[n].replace("{redis_url}", redis_url), workdir) for _ in range(k)]
+        for n in names
+    }
+    # Per variant, per round: req/s, CPU us per request, p50 ms, the instance measured.
+    samples: dict[str, list[tuple[float, float, float, int]]] = {n: [] for n in names}
     try:
-        for _, port in gateways.values():
-            wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, 4, 2, True)  # warm up
+        for instances in gateways.values():
+            for _, port in instances:
+                wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, 4, 2, True)  # warm up
         print(
-            f"tollway e2e, interleaved: {len(names)} gateways, {args.rounds} rounds of {args.duration}s each,"
-            f" {args.connections} connections, non-streaming"
+            f"tollway e2e, interleaved: {len(names)} variants x {k} gateway(s), {args.rounds} rounds of"
+            f" {args.duration}s each, {args.connections} connections, non-streaming"
         )
         for i in range(args.rounds):
             order = names if i % 2 == 0 else names[::-1]  # no variant always first
+            instance = i % k
             for name in order:
-                proc, port = gateways[name]
+                proc, port = gateways[name][instance]
                 before = cpu_seconds(proc.pid)
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 tp = wrk(url, BODY, args.connections, args.duration, True)
                 cpu_us = (cpu_seconds(proc.pid) - before) / (tp["rps"] * args.duration) * 1e6
                 latency = wrk(url, BODY, 1, max(1, args.duration // 2), True)
-                samples[name].append((tp["rps"], cpu_us, latency["p50_ms"]))
+                samples[name].append((tp["rps"], cpu_us, latency["p50_ms"], instance))
             print(
-                f"  round {i + 1}: "
+                f"  round {i + 1}"
+                + (f" (instance {instance + 1})" if k > 1 else "")
+                + ": "
                 + "   ".join(
-                    f"{n} {r:.0f} req/s {c:.0f} us p50 {p:.3f} ms" for n in names for r, c, p in [samples[n][-1]]
+                    f"{n} {r:.0f} req/s {c:.0f} us p50 {p:.3f} ms" for n in names for r, c, p, _ in [samples[n][-1]]
                 )
             )
     finally:
-        for proc, _ in gateways.values():
-            stop(proc)
+        for instances in gateways.values():
+            for proc, _ in instances:
+                stop(proc)
     base = names[0]
     print(f"\n[interleaved, medians of {args.rounds} rounds; ratios to `{base}` taken per round]")
     for name in names:
@@ -271,12 +289,19 @@ def interleaved(variants: list[str], args: argparse.Namespace, up_port: int, red
         rps_ratio = statistics.median(s[0] / b[0] for s, b in pairs)
         cpu = statistics.median(s[1] for s, _ in pairs)
         cpu_ratio = statistics.median(s[1] / b[1] for s, b in pairs)
+        cpu_delta = statistics.median(s[1] - b[1] for s, b in pairs)
         p50 = statistics.median(s[2] for s, _ in pairs)
         p50_delta = statistics.median(s[2] - b[2] for s, b in pairs)
         print(
             f"  {name:>13}: {rps:6.0f} req/s ({rps_ratio:.3f}x {base}), gateway CPU {cpu:6.1f} us/request"
-            f" ({cpu_ratio:.3f}x {base}), p50 at 1 connection {p50:.3f} ms ({p50_delta:+.3f} ms vs {base})"
+            f" ({cpu_ratio:.3f}x {base}, {cpu_delta:+.1f} us), p50 at 1 connection {p50:.3f} ms"
+            f" ({p50_delta:+.3f} ms vs {base})"
         )
+        if k > 1:
+            per_instance = [
+                statistics.median(s[1] for s in samples[name] if s[3] == j) for j in range(min(k, args.rounds))
+            ]
+            print(f"  {'':>13}  CPU us/request by instance: " + ", ".join(f"{c:.1f}" for c in per_instance))
 
 
 def main() -> None:
@@ -293,6 +318,13 @@ def main() -> None:
         " and CPU only; the machine's drift then hits every variant alike)",
     )
     parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="interleaved mode: gateways per variant, measured in turn across the rounds (a"
+        " process's own speed then weighs less in the medians)",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="run the gateways on the last CPU and the mock upstream and wrk on the others, so that"
@@ -305,6 +337,8 @@ def main() -> None:
         if len(cpus) < 2:
             raise SystemExit("--pin needs at least two CPUs")
         PINNED.update(gateway={cpus[-1]}, load=set(cpus[:-1]))
+    if args.instances < 1:
+        raise SystemExit("--instances must be at least 1")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
 
