@@ -121,6 +121,24 @@ def test_secret_from_file_is_loaded_but_never_shown(tmp_path: Path) -> None:
     assert "sk-file-secret" not in result.stdout + result.stderr
 
 
+def test_check_warns_about_a_tokenizer_that_cannot_be_loaded(tmp_path: Path) -> None:
+    (tmp_path / "tok").mkdir()
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[[providers]]\nname = "m"\nkind = "mock"\n'
+        '[[models]]\nname = "typo"\nprovider = "m"\ntokenizer = "o200k"\n'
+        '[[models]]\nname = "gone"\nprovider = "m"\ntokenizer = "tok/tokenizer.json"\n'
+        '[[models]]\nname = "fine"\nprovider = "m"\ntokenizer = "cl100k_base"\n'
+    )
+    result = run_cli("check", str(path))
+    assert result.returncode == 0, result.stderr  # served anyway, with estimates
+    warnings = [line for line in result.stderr.splitlines() if "tokenizer" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "models[0] (`typo`): tokenizer `o200k` cannot be loaded" in warnings[0]
+    assert "models[1] (`gone`): tokenizer `tok/tokenizer.json` cannot be loaded" in warnings[1]
+    assert all("counted with o200k_base, as estimates" in w for w in warnings)
+
+
 def test_invalid_toml_points_at_line() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("[server]\nport = = 3\n")

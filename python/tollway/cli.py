@@ -45,8 +45,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     config = loaded.config
     from tollway.policy.testing import policy_warnings
+    from tollway.usage.accounting import tokenizer_warnings
 
-    for warning in policy_warnings(config):
+    for warning in policy_warnings(config) + tokenizer_warnings(config.models, str(loaded.path.parent)):
         print(f"{args.path}: warning: {warning}", file=sys.stderr)
     print(
         f"{args.path}: ok ({len(config.providers)} providers, {len(config.models)} models, "

@@ -514,9 +514,7 @@ class ModelRequest:
         guard = None
         cap = self.admission.output_cap if self.admission is not None else None
         if cap is not None and call.meter is not None:
-            counter = self.rt.accounting(target).counter()
-            if counter is not None:
-                guard = OutputGuard(cap[0], cap[1], call.meter, counter.stream())
+            guard = OutputGuard(cap[0], cap[1], call.meter, self.rt.accounting(target).counter.stream())
         ends = _STREAM_ENDS["responses" if self.operation == "responses" else self.api]
         self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, ends)
         task = asyncio.current_task()

@@ -14,15 +14,19 @@ Where each count comes from (the record's `prompt_source` / `completion_source`)
 
 Tokenizer for a model: the model's `tokenizer` in config (a name, or the path of a Hugging Face
 `tokenizer.json`), else the catalog's, else `o200k_base` as an estimate (marked approximate).
-Counters are built once per tokenizer and cached for the process.
+Counters are built once per tokenizer and cached for the process; a tokenizer that cannot be
+loaded is logged when a model's accounting is resolved (once per target and configuration) and
+replaced by `o200k_base`, whose counts are then `estimated`, never `counted`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -31,6 +35,9 @@ from tollway.errors import TokenCountError, TokenizerError
 from tollway.usage import Usage
 from tollway.usage.catalog import Catalog, Cost, ModelInfo, Provenance, price
 from tollway.usage.record import TokenSource
+
+if TYPE_CHECKING:
+    from tollway.config.schema import ModelConfig
 
 log = logging.getLogger("tollway")
 
@@ -48,16 +55,46 @@ def counter_for(tokenizer: str, base_dir: str = "") -> TokenCounter:
     return TokenCounter(tokenizer)
 
 
+def load_counter(tokenizer: str, base_dir: str = "") -> tuple[TokenCounter, bool]:
+    """The counter for `tokenizer`, and whether it is that one: a tokenizer that cannot be
+    loaded (a `tokenizer.json` path that is not there) is logged and replaced by
+    `DEFAULT_TOKENIZER`, whose counts are then estimates, not counts."""
+    try:
+        return counter_for(tokenizer, base_dir), True
+    except TokenizerError as exc:
+        log.warning("tokenizer `%s` cannot be loaded (%s); counting with %s instead", tokenizer, exc, DEFAULT_TOKENIZER)
+        return counter_for(DEFAULT_TOKENIZER), False
+
+
+def tokenizer_warnings(models: Sequence[ModelConfig], base_dir: str) -> list[str]:
+    """For `tollway check`: the models whose configured tokenizer cannot be loaded (an unknown
+    name, a `tokenizer.json` that is not there). The gateway serves them anyway, counting with
+    `DEFAULT_TOKENIZER` and recording the counts as estimates."""
+    out: list[str] = []
+    for i, model in enumerate(models):
+        if model.tokenizer is None:
+            continue
+        try:
+            counter_for(model.tokenizer, base_dir)
+        except TokenizerError as exc:
+            out.append(
+                f"models[{i}] (`{model.name}`): tokenizer `{model.tokenizer}` cannot be loaded ({exc}); its"
+                f" tokens would be counted with {DEFAULT_TOKENIZER}, as estimates"
+            )
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ModelAccounting:
     """How one served model is counted and priced, resolved once per (provider, model)."""
 
     info: ModelInfo | None
     tokenizer: str
-    # The tokenizer is the model's own (config or catalog), not the fallback estimate.
+    # Counts are exact counts, not estimates: the tokenizer is the model's own (config or
+    # catalog), not the fallback, and it could be loaded.
     known_tokenizer: bool
     provenance: Provenance  # of `info` (meaningless when `info` is None)
-    base_dir: str = ""
+    counter: TokenCounter  # `tokenizer`'s, or `DEFAULT_TOKENIZER`'s when it cannot be loaded
 
     @classmethod
     def resolve(
@@ -65,49 +102,32 @@ class ModelAccounting:
     ) -> ModelAccounting:
         info = catalog.get(upstream_model)
         tokenizer = configured_tokenizer or (info.tokenizer if info is not None else None)
+        counter, loaded = load_counter(tokenizer or DEFAULT_TOKENIZER, base_dir)
         return cls(
             info=info,
             tokenizer=tokenizer or DEFAULT_TOKENIZER,
-            known_tokenizer=tokenizer is not None,
+            known_tokenizer=tokenizer is not None and loaded,
             provenance=catalog.provenance(info) if info is not None else "catalog",
-            base_dir=base_dir,
+            counter=counter,
         )
-
-    def counter(self) -> TokenCounter | None:
-        try:
-            return counter_for(self.tokenizer, self.base_dir)
-        except TokenizerError as exc:
-            log.warning(
-                "tokenizer `%s` cannot be loaded (%s); counting with %s", self.tokenizer, exc, DEFAULT_TOKENIZER
-            )
-            return counter_for(DEFAULT_TOKENIZER)
 
     def count_prompt(self, api: str, raw_body: bytes) -> tuple[int, TokenSource]:
         """Prompt tokens of a request body in the client's API format (on the request path when
-        a policy reserves prompt tokens: the cached counter is looked up without `counter()`'s
-        call, which is for when it cannot be loaded)."""
-        counter: TokenCounter | None
-        try:
-            counter = counter_for(self.tokenizer, self.base_dir)
-        except TokenizerError:
-            counter = self.counter()
-        if counter is None:
-            return 0, "estimated"
+        a policy reserves prompt tokens); a body the counter cannot read counts 0, estimated."""
         try:
             if api == "anthropic":
-                tokens, exactness = counter.count_anthropic_messages(raw_body)
+                tokens, exactness = self.counter.count_anthropic_messages(raw_body)
             else:
-                tokens, exactness = counter.count_openai_chat(raw_body)
+                tokens, exactness = self.counter.count_openai_chat(raw_body)
         except TokenCountError:
             return 0, "estimated"
         return tokens, "counted" if exactness == "exact" and self.known_tokenizer else "estimated"
 
     def count_text(self, text: str) -> tuple[int, str]:
         """Tokens of output text, and the counter's exactness."""
-        counter = self.counter()
-        if counter is None or not text:
+        if not text:
             return 0, "exact"
-        return counter.count(text), counter.exactness
+        return self.counter.count(text), self.counter.exactness
 
     @property
     def priced(self) -> bool:
