@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollway.policy.config import PolicyConfig
-from tollway.policy.engine import Admission, PolicyEngine, RequestFacts
+from tollway.policy.engine import NEEDS_FACTS, Admission, PolicyEngine, RequestFacts
 from tollway.policy.state import MemoryBackend
 from tollway.usage import Usage
 from tollway.usage.catalog import ModelInfo
@@ -51,16 +51,23 @@ def three_engines(policies: list[dict[str, Any]]) -> tuple[PolicyEngine, PolicyE
     return native, python, lean, clock
 
 
+class Served:
+    """The served model as `PolicyEngine.admit` reads it, counting the test request's prompt."""
+
+    def __init__(self, request: RequestFacts) -> None:
+        self.info = request.model_info
+        self.request = request
+
+    def count_prompt(self, api: str, raw_body: bytes) -> tuple[int, str]:
+        return self.request.prompt_tokens(), "counted"
+
+
 def admit(engine: PolicyEngine, request: RequestFacts) -> Admission:
-    """`engine.admit` with the request as the pipeline gives it (no match: an empty admission)."""
-    admission = engine.admit(
-        request.attrs(),
-        request.tags,
-        request.params,
-        request.model_info,
-        request.prompt_tokens,
-        lambda: request,
-    )
+    """`engine.admit` with the request as the pipeline gives it (no match: an empty admission;
+    a request that needs its whole facts: `evaluate`, as the pipeline does)."""
+    admission = engine.admit(request.attrs(), request.tags, request.params, Served(request), "openai", b"")
+    if admission is NEEDS_FACTS:
+        return engine.evaluate(request)
     return Admission() if admission is None else admission
 
 

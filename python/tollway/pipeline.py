@@ -34,7 +34,7 @@ from tollway._native import StreamTokenCounter
 from tollway.auth import Identity
 from tollway.config.schema import ModelConfig
 from tollway.errors import UpstreamError
-from tollway.policy.engine import RequestFacts
+from tollway.policy.engine import NEEDS_FACTS, RequestFacts
 from tollway.providers import ChatCall, ProviderAdapter
 from tollway.providers.base import StreamMeter
 from tollway.routing import Plan, RoutingError, Step, Target
@@ -279,24 +279,7 @@ class ModelRequest:
         policies = self.rt.policies
         if policies.compiled.policies:
             if policies.in_process:
-                accounting, api, raw = self.rt.accounting(primary), self.api, parsed.raw
-                admission = policies.admit(
-                    (
-                        identity.key_name,
-                        identity.team,
-                        identity.user,
-                        parsed.model,
-                        primary.model,
-                        primary.provider,
-                        rec.endpoint,
-                        rec.client_ip,
-                    ),
-                    identity.tags,
-                    rec.params,
-                    accounting.info,
-                    lambda: accounting.count_prompt(api, raw)[0],
-                    lambda: self._facts(identity, parsed, primary),
-                )
+                admission = self._admit(identity, parsed, primary)
             else:
                 admission = await policies.evaluate_async(self._facts(identity, parsed, primary))
             if admission is not None:
@@ -307,6 +290,31 @@ class ModelRequest:
                 if admission.clamps:
                     self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
         await self._attempts(plan, parsed)
+
+    def _admit(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> Admission | None:
+        """The admission by policies whose state is in process: the request's attributes as a
+        tuple, and the whole `RequestFacts` made only when a matched policy needs it."""
+        policies, rec = self.rt.policies, self.record
+        admission = policies.admit(
+            (
+                identity.key_name,
+                identity.team,
+                identity.user,
+                parsed.model,
+                primary.model,
+                primary.provider,
+                rec.endpoint,
+                rec.client_ip,
+            ),
+            identity.tags,
+            rec.params,
+            self.rt.accounting(primary),
+            self.api,
+            parsed.raw,
+        )
+        if admission is NEEDS_FACTS:
+            return policies.evaluate(self._facts(identity, parsed, primary))
+        return admission
 
     def _facts(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> RequestFacts:
         """The request as policies see it (made only when a matched policy needs more than its

@@ -46,12 +46,13 @@ script, so every admitted request is counted before the next is decided):
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final, Literal, Protocol
 
 from tollway._native import Admitter, Holds, PolicySet, reset_text
 from tollway.config._toml_lines import format_path
@@ -94,6 +95,24 @@ _NUMERIC_PARAMS = ("max_tokens", "n", "temperature", "top_p")
 
 
 # -- the request, as policies see it ----------------------------------------------------------
+
+
+class ServedModel(Protocol):
+    """What `PolicyEngine.admit` reads of the served model (a `ModelAccounting`)."""
+
+    @property
+    def info(self) -> ModelInfo | None: ...
+
+    def count_prompt(self, api: str, raw_body: bytes) -> tuple[int, str]: ...
+
+
+class Evaluate(enum.Enum):
+    # `PolicyEngine.admit`'s answer when a matched policy needs the whole request: `evaluate`
+    # it with its `RequestFacts`.
+    NEEDS_FACTS = "needs_facts"
+
+
+NEEDS_FACTS: Final = Evaluate.NEEDS_FACTS
 
 
 @dataclass(slots=True)
@@ -650,25 +669,27 @@ class PolicyEngine:
         attrs: tuple[str | None, ...],
         tags: Sequence[str],
         params: Mapping[str, float],
-        info: ModelInfo | None,
-        prompt_tokens: Callable[[], int],
-        facts: Callable[[], RequestFacts],
-    ) -> Admission | None:
+        served: ServedModel,
+        api: str,
+        raw_body: bytes,
+    ) -> Admission | Literal[Evaluate.NEEDS_FACTS] | None:
         """`evaluate` on the request path, with a backend that answers in process: the request
         as primitives (`attrs` in `PARTITION_ATTRIBUTES` order, its `tags`, numeric `params`,
-        the served model's catalog entry, its prompt's token count, counted only if needed),
-        `None` when no policy matches. The whole `RequestFacts` is made (by `facts`) only for
-        policies the native admission does not serve alone: an access rule, a parameter
-        bound the request meets, an audit or truncating budget, a dollar budget on an unpriced
-        model. Same decisions as `evaluate` (`tests/test_policy_native.py`)."""
+        the served model, which counts the prompt of `raw_body` in `api`'s format only if a
+        limit needs it); `None` when no policy matches. `NEEDS_FACTS` when a matched policy
+        needs the whole request (`evaluate` with its `RequestFacts`): an access rule, a
+        parameter bound the request meets, an audit or truncating budget, a dollar budget on an
+        unpriced model. Same decisions as `evaluate` (`tests/test_policy_native.py`)."""
         selection = self._selection(attrs, tags, params)
         if selection is None:
             return None
         if not selection.lean or not selection.bounded.isdisjoint(params):
-            return self.evaluate(facts())
-        amounts = self._amounts(selection.needs, prompt_tokens, params.get("max_tokens"), info)
+            return NEEDS_FACTS
+        needs = selection.needs
+        prompt = served.count_prompt(api, raw_body)[0] if needs & _NEEDS_PROMPT else 0
+        amounts = self._amounts(needs, prompt, params.get("max_tokens"), served.info)
         if amounts is None:
-            return self.evaluate(facts())
+            return NEEDS_FACTS
         admission = Admission(self.backend)
         for policy in selection.checks:
             admission.verdicts.append(_passed(policy))
@@ -712,9 +733,9 @@ class PolicyEngine:
                 admission.denied = first_denial
                 return admission, None
         if selection.native:
-            amounts = self._amounts(
-                selection.needs, facts.prompt_tokens, facts.params.get("max_tokens"), facts.model_info
-            )
+            needs = selection.needs
+            prompt = facts.prompt_tokens() if needs & _NEEDS_PROMPT else 0
+            amounts = self._amounts(needs, prompt, facts.params.get("max_tokens"), facts.model_info)
             if amounts is not None:  # else a dollar budget on an unpriced model: the Python path
                 self._admit_natively(selection, attrs, amounts, admission)
                 return admission, None
@@ -731,12 +752,12 @@ class PolicyEngine:
         return selection if selection is not None else self._select(matched)
 
     def _amounts(
-        self, needs: int, prompt_tokens: Callable[[], int], max_tokens: float | None, info: ModelInfo | None
+        self, needs: int, prompt: int, max_tokens: float | None, info: ModelInfo | None
     ) -> tuple[int, int, int] | None:
-        """What the native admission reserves for limit rules needing `needs`: prompt tokens
-        (counted only if needed), the output bound, and the dollar estimate in micro-USD;
-        `None` when a dollar budget meets an unpriced model (the Python path decides)."""
-        prompt = prompt_tokens() if needs & _NEEDS_PROMPT else 0
+        """What the native admission reserves for limit rules needing `needs`: the prompt's
+        tokens (counted by the caller only if `needs & _NEEDS_PROMPT`), the output bound, and the
+        dollar estimate in micro-USD; `None` when a dollar budget meets an unpriced model (the
+        Python path decides)."""
         output = self._output_bound(max_tokens, info) if needs & _NEEDS_OUTPUT else 0
         if not needs & _NEEDS_USD:
             return prompt, output, 0
