@@ -57,12 +57,16 @@ fmt: $(DEPS_STAMP) ## format Python and Rust
 	$(VENV)/bin/ruff check --fix python tests benches loadtests
 	cargo fmt --all
 
+# The last run is the accounting's and the policies' cost end to end (issues 4 and 5):
+# interleaved, the gateways on one CPU and the load on the others when there are two or more.
 bench: build ## benchmarks: native vs Python, upstream client, request path in process, end-to-end overhead (needs wrk)
 	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,ops
 	$(PY) benches/upstream_client.py
 	$(PY) benches/request_path.py --rounds 4
 	@command -v wrk >/dev/null || { echo "installing wrk for the end-to-end benchmark"; apt-get install -y -qq wrk || sudo apt-get install -y -qq wrk; }
 	$(PY) benches/e2e_overhead.py
+	$(PY) benches/e2e_overhead.py --rounds 8 --instances 2 --duration 3 \
+		--variants bare,no-access-log,default,bare-policies $(if $(filter-out 1,$(shell nproc)),--pin)
 
 bench-native: ## criterion benchmarks of the native kernels
 	cargo bench -p tollway-core
