@@ -19,7 +19,7 @@ def test_count_tokens_with_the_anthropic_sdk(gateway: Server) -> None:
     body = json.dumps({"model": "mock-gpt", "messages": messages}).encode()
     # No tokenizer is configured for the mock model: the default counter, Anthropic's rule.
     assert counted.input_tokens == TokenCounter("o200k_base").count_anthropic_messages(body)[0] > 5
-    # ... whose count is then an estimate, and the response says so.
+    # Anthropic's message framing is an approximation whatever the tokenizer, and the response says so.
     raw = client.messages.with_raw_response.count_tokens(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
     assert raw.headers["x-tollway-token-count"] == "approximate"
     assert raw.parse().input_tokens == counted.input_tokens

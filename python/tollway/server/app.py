@@ -481,13 +481,10 @@ class Gateway:
         target = runtime.router.first_target(model)
         if target is None:
             raise Reject(model_not_found(model))
-        accounting = runtime.accounting(target)
         try:
-            tokens, exactness = accounting.counter.count_anthropic_messages(raw)
+            tokens, exactness = runtime.accounting(target).counter.count_anthropic_messages(raw)
         except TokenCountError as exc:
             raise Reject(invalid_request(str(exc), "messages")) from None
-        if not accounting.known_tokenizer:  # the fallback tokenizer's count is an estimate
-            exactness = "approximate"
         headers = [_JSON, ("x-request-id", request_id), ("x-tollway-token-count", exactness)]
         proto.response_bytes(200, headers, orjson.dumps({"input_tokens": tokens}))
 

@@ -55,30 +55,24 @@ def counter_for(tokenizer: str, base_dir: str = "") -> TokenCounter:
     return TokenCounter(tokenizer)
 
 
-def load_counter(tokenizer: str, base_dir: str = "") -> tuple[TokenCounter, bool]:
-    """The counter for `tokenizer`, and whether it is that one: a tokenizer that cannot be
-    loaded (a `tokenizer.json` path that is not there) is logged and replaced by
-    `DEFAULT_TOKENIZER`, whose counts are then estimates, not counts."""
+def load_counter(tokenizer: str, base_dir: str = "") -> tuple[TokenCounter, TokenizerError | None]:
+    """The counter for `tokenizer`, and why it could not be loaded (`None` when it was): a
+    tokenizer that cannot be loaded (an unknown name, a `tokenizer.json` that is not there) is
+    replaced by `DEFAULT_TOKENIZER`, whose counts are then estimates, not counts."""
     try:
-        return counter_for(tokenizer, base_dir), True
+        return counter_for(tokenizer, base_dir), None
     except TokenizerError as exc:
-        log.warning("tokenizer `%s` cannot be loaded (%s); counting with %s instead", tokenizer, exc, DEFAULT_TOKENIZER)
-        return counter_for(DEFAULT_TOKENIZER), False
+        return counter_for(DEFAULT_TOKENIZER), exc
 
 
 def tokenizer_warnings(models: Sequence[ModelConfig], base_dir: str) -> list[str]:
-    """For `tollway check`: the models whose configured tokenizer cannot be loaded (an unknown
-    name, a `tokenizer.json` that is not there). The gateway serves them anyway, counting with
-    `DEFAULT_TOKENIZER` and recording the counts as estimates."""
+    """For `tollway check`: the models whose configured tokenizer cannot be loaded. The gateway
+    serves them anyway, counting with `DEFAULT_TOKENIZER` and recording the counts as estimates."""
     out: list[str] = []
     for i, model in enumerate(models):
-        if model.tokenizer is None:
-            continue
-        try:
-            counter_for(model.tokenizer, base_dir)
-        except TokenizerError as exc:
+        if model.tokenizer is not None and (failed := load_counter(model.tokenizer, base_dir)[1]) is not None:
             out.append(
-                f"models[{i}] (`{model.name}`): tokenizer `{model.tokenizer}` cannot be loaded ({exc}); its"
+                f"models[{i}] (`{model.name}`): tokenizer `{model.tokenizer}` cannot be loaded ({failed}); its"
                 f" tokens would be counted with {DEFAULT_TOKENIZER}, as estimates"
             )
     return out
@@ -102,11 +96,16 @@ class ModelAccounting:
     ) -> ModelAccounting:
         info = catalog.get(upstream_model)
         tokenizer = configured_tokenizer or (info.tokenizer if info is not None else None)
-        counter, loaded = load_counter(tokenizer or DEFAULT_TOKENIZER, base_dir)
+        name = tokenizer or DEFAULT_TOKENIZER
+        counter, failed = load_counter(name, base_dir)
+        if failed is not None:
+            log.warning(
+                "tokenizer `%s` cannot be loaded (%s); counting with %s instead", name, failed, DEFAULT_TOKENIZER
+            )
         return cls(
             info=info,
-            tokenizer=tokenizer or DEFAULT_TOKENIZER,
-            known_tokenizer=tokenizer is not None and loaded,
+            tokenizer=name,
+            known_tokenizer=tokenizer is not None and failed is None,
             provenance=catalog.provenance(info) if info is not None else "catalog",
             counter=counter,
         )
