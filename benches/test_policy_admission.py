@@ -1,7 +1,11 @@
 """Admission and settlement from Python, as the gateway runs them: 100 policies, 5 of which
 match the request (request rate, token rate, concurrency, a token budget, parameter bounds),
 prompt tokens counted natively. Run with `make bench`. Target: admission plus settlement
-under 20 us per request."""
+under 20 us per request (the end-to-end figure is `benches/e2e_overhead.py`'s `bare` against
+`bare-policies`).
+
+`evaluate` is the whole-request path (here: the request sets a bounded parameter); `admit` the
+request path's one native call, for a request as the end-to-end benchmark sends it."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import pytest
 
 from tollway._native import TokenCounter
 from tollway.policy.config import PolicyConfig
-from tollway.policy.engine import PolicyEngine, RequestFacts
+from tollway.policy.engine import NEEDS_FACTS, PolicyEngine, RequestFacts
 from tollway.usage import Usage
+from tollway.usage.catalog import ModelInfo
 
 POLICIES = [
     *({"name": f"other-{i}", "match": {"key": f"other-{i}"}, "per": "key", "requests": "100/min"} for i in range(95)),
@@ -47,6 +52,28 @@ def admit_and_settle() -> None:
     admission = ENGINE.evaluate(facts)
     assert admission.denied is None and len(admission.verdicts) == 5
     admission.settle(USAGE, None)
+
+
+class Served:
+    """The served model as `PolicyEngine.admit` reads it (as `ModelAccounting` has it)."""
+
+    info: ModelInfo | None = None
+    counter = COUNTER
+
+
+SERVED = Served()
+ATTRS = ("bench", "bench-team", None, "bench", "bench", "up", "/v1/chat/completions", "127.0.0.1")
+
+
+def admit_on_the_request_path() -> None:
+    admission = ENGINE.admit(ATTRS, (), {}, SERVED, "openai", BODY.encode())
+    assert admission is not None and not isinstance(admission, type(NEEDS_FACTS))
+    assert admission.denied is None and len(admission.verdicts) == 5
+    admission.settle(USAGE, None)
+
+
+def test_admission_on_the_request_path(benchmark) -> None:  # type: ignore[no-untyped-def]
+    benchmark(admit_on_the_request_path)
 
 
 def test_admission_with_100_policies(benchmark) -> None:  # type: ignore[no-untyped-def]

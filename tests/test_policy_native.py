@@ -13,9 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tollway._native import Admitted, TokenCounter, output_bound
+from tollway.errors import TokenCountError
 from tollway.policy.config import PolicyConfig
 from tollway.policy.engine import NEEDS_FACTS, Admission, PolicyEngine, RequestFacts
 from tollway.policy.state import MemoryBackend
@@ -56,10 +59,13 @@ class Served:
 
     def __init__(self, request: RequestFacts) -> None:
         self.info = request.model_info
+        self.counter = self
         self.request = request
 
-    def count_prompt(self, api: str, raw_body: bytes) -> tuple[int, str]:
-        return self.request.prompt_tokens(), "counted"
+    def count_openai_chat(self, body: bytes) -> tuple[int, str]:
+        return self.request.prompt_tokens(), "exact"
+
+    count_anthropic_messages = count_openai_chat
 
 
 def admit(engine: PolicyEngine, request: RequestFacts) -> Admission:
@@ -224,3 +230,135 @@ def test_out_of_range_max_tokens_is_decided_not_raised() -> None:
         absurd = engine.evaluate(facts("alice", "gpt-4o", 10, 10**300, False))
         assert absurd.denied is not None and absurd.denied.status == 429
         assert "this request alone is over the limit" in absurd.denied.message
+    # The request path's entry decides them the same way.
+    _, _, lean, _ = three_engines([{"name": "tpm", "per": "key", "tokens": "10k/min"}])
+    negative = admit(lean, facts("alice", "gpt-4o", 10, -5, False))
+    assert negative.denied is None and negative.verdicts[0].requested == 10
+    absurd = admit(lean, facts("alice", "gpt-4o", 10, 10**300, False))
+    assert absurd.denied is not None and "this request alone is over the limit" in absurd.denied.message
+
+
+def _output_bound_before(requested: float | None, model_max: int | None, default: int) -> int:
+    """`PolicyEngine._output_bound` as it was written in Python, before the native one."""
+    if requested is None:
+        return min(default, model_max) if model_max else default
+    wanted = model_max if model_max and requested > model_max else requested
+    if wanted <= 0:
+        return 0
+    return int(wanted) if wanted < 1 << 40 else 1 << 40
+
+
+@given(
+    requested=st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-10, 10**6).map(float)),
+    model_max=st.one_of(st.none(), st.integers(0, 10**6)),
+    default=st.integers(1, 10**6),
+)
+def test_the_native_output_bound_is_the_python_one(
+    requested: float | None, model_max: int | None, default: int
+) -> None:
+    assert output_bound(requested, model_max, default) == _output_bound_before(requested, model_max, default)
+
+
+def test_admit_answers_none_the_admission_or_needs_facts() -> None:
+    """`admit` decides a request when every matched rule is served natively, and otherwise
+    hands it to `evaluate` (`NEEDS_FACTS`), before reserving anything."""
+    _, _, lean, _ = three_engines(
+        [
+            {"name": "rpm", "match": {"key": "alice"}, "per": "key", "requests": "10/min"},
+            {"name": "bounds", "match": {"key": "alice"}, "params": {"max_tokens": 300}},
+            {"name": "deny", "match": {"key": "mallory"}, "deny": "no"},
+            {
+                "name": "audit",
+                "match": {"key": "audited"},
+                "budget": {"tokens": 100, "per": "day", "on_exceed": "audit"},
+            },
+            {"name": "usd", "match": {"key": "spender"}, "budget": {"usd": 1, "per": "day"}},
+        ]
+    )
+
+    def answer(key: str, max_tokens: int | None = None, priced: bool = True) -> Any:
+        request = facts(key, "gpt-4o", 10, max_tokens, priced)
+        return lean.admit(request.attrs(), request.tags, dict(request.params), Served(request), "openai", b"")
+
+    assert answer("carol") is None  # no policy matches
+    admitted = answer("alice")
+    assert isinstance(admitted, Admitted) and admitted.denied is None and len(admitted) == 0
+    # The checks' verdicts first, then the limits', as `evaluate` orders them.
+    assert [(v.policy, v.kind, v.verdict) for v in admitted.verdicts] == [
+        ("bounds", "params", "allow"),
+        ("rpm", "rate", "allow"),
+    ]
+    assert [name for name, _ in admitted.headers] == [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ]
+    assert admitted.headers[1] == ("x-ratelimit-remaining-requests", "9")
+    assert answer("alice", max_tokens=100) is NEEDS_FACTS  # sets a bounded parameter
+    assert answer("mallory") is NEEDS_FACTS  # an access rule
+    assert answer("audited") is NEEDS_FACTS  # an audit budget
+    assert isinstance(answer("spender"), Admitted)  # a dollar budget on a priced model
+    assert answer("spender", priced=False) is NEEDS_FACTS  # ... on an unpriced one
+    # Only the two admitted requests of `alice` took from her rate.
+    assert answer("alice").headers[1] == ("x-ratelimit-remaining-requests", "8")
+
+
+def test_an_admitted_request_settles_once() -> None:
+    _, _, lean, _ = three_engines([{"name": "one", "per": "key", "concurrency": 1, "tokens": "1000/min"}])
+    first = admit(lean, facts("alice", "gpt-4o", 10, 100, True))
+    assert isinstance(first, Admitted) and len(first) == 2  # the lease and the token reservation
+    assert admit(lean, facts("alice", "gpt-4o", 10, 100, True)).denied is not None  # one in flight
+    first.settle(Usage(prompt_tokens=10, completion_tokens=5), None)
+    assert len(first) == 0
+    first.settle(Usage(prompt_tokens=10, completion_tokens=5), None)  # nothing the second time
+    first.release()
+    second = admit(lean, facts("alice", "gpt-4o", 10, 100, True))
+    # 1,000 tokens a minute: 15 used by the first, 110 reserved by the second.
+    assert second.denied is None and ("x-ratelimit-remaining-tokens", "875") in second.headers
+    second.release()
+    third = admit(lean, facts("alice", "gpt-4o", 10, 100, True))
+    assert third.denied is None and ("x-ratelimit-remaining-tokens", "875") in third.headers
+
+
+class _Unreadable:
+    """A counter that cannot read any body (as `TokenCounter` raises for a malformed one)."""
+
+    def count_openai_chat(self, body: bytes) -> tuple[int, str]:
+        raise TokenCountError("`messages` must be an array")
+
+    count_anthropic_messages = count_openai_chat
+
+
+def test_admit_counts_the_prompt_with_the_served_models_counter() -> None:
+    """The native counter counts in the admission itself, in the request's format; a body no
+    counter can read reserves no prompt tokens (the provider will refuse it), as
+    `ModelAccounting.count_prompt` counts it."""
+    _, _, lean, _ = three_engines(
+        [{"name": "tpm", "per": "key", "tokens": {"limit": 10**6, "per": "1m", "count": "input"}}]
+    )
+    counter = TokenCounter("o200k_base")
+    openai_body = orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "Write about foxes, at length."}]}
+    )
+    anthropic_body = orjson.dumps(
+        {"model": "m", "max_tokens": 5, "system": "Be brief.", "messages": [{"role": "user", "content": "Foxes?"}]}
+    )
+
+    class Served:
+        info = None
+
+        def __init__(self, counter: Any) -> None:
+            self.counter = counter
+
+    def reserved(served: Served, api: str, body: bytes) -> float:
+        admission = lean.admit(("alice",) + (None,) * 7, (), {}, served, api, body)
+        assert isinstance(admission, Admitted) and admission.denied is None
+        admission.release()
+        return admission.verdicts[0].requested
+
+    assert reserved(Served(counter), "openai", openai_body) == counter.count_openai_chat(openai_body)[0] > 0
+    expected = counter.count_anthropic_messages(anthropic_body)[0]
+    assert expected != counter.count_openai_chat(openai_body)[0]
+    assert reserved(Served(counter), "anthropic", anthropic_body) == expected
+    assert reserved(Served(counter), "openai", b"not json") == 0
+    assert reserved(Served(_Unreadable()), "openai", openai_body) == 0

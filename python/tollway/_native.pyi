@@ -447,9 +447,17 @@ class Admitter:
     `BudgetWindow`), `kind`, `limit`, `usd`, `count` (`None` for one per request), `cached_weight`,
     `reasoning_weight`, `estimate_price` (`(input, output)` micro-USD per token for an unpriced
     model at settlement, or `None`), `window`, `unit`, `limit_display`, `burst_note`; `policies`
-    are dicts with `name`, `mode`, `enforce`, `per` (`(attribute, index into attrs)` pairs) and
-    `rules` (indices into `rules`). `make_verdict` (`PolicyVerdict`) is called with each
-    verdict's fields (`VerdictFields`).
+    are dicts with `name`, `mode`, `enforce`, `per` (`(attribute, index into attrs)` pairs),
+    `rules` (indices into `rules`), and for `admit_request`: `checks`, `check_kind`,
+    `passes_without` (a list of names, or `None`) and `needs` (as `CompiledPolicy` has them).
+    `make_verdict` (`PolicyVerdict`) is called with each verdict's fields (`VerdictFields`, or
+    the first four).
+
+    The keyword arguments, given all together, serve `admit_request`: the engine's `matcher`
+    (one selector per policy), the value answering "evaluate the whole request"
+    (`NEEDS_FACTS`), `[limits] default_max_output_tokens`, `estimate_usd` (`estimate_micro_usd`),
+    `denial_error` (`(policy, rule, partition, Denial)` to the `ApiError` of a limit's denial),
+    and the memory backend's `clock` (`None`: the system's).
     """
 
     def __init__(
@@ -457,6 +465,13 @@ class Admitter:
         rules: list[dict[str, object]],
         policies: list[dict[str, object]],
         make_verdict: Callable[..., object],
+        *,
+        matcher: PolicySet | None = None,
+        needs_facts: object = None,
+        default_max_output_tokens: int = 0,
+        estimate_usd: Callable[[Any, int, int], int | None] | None = None,
+        denial_error: Callable[[int, int, str, Denial], Any] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None: ...
     def admit(
         self,
@@ -479,8 +494,46 @@ class Admitter:
         `(policy, rule, partition, Denial)`, OpenAI's `x-ratelimit-*` headers for the tightest
         enforcing request and token limits (none if denied), and whether a shadow policy would
         have denied."""
+    def admit_request(
+        self,
+        attrs: tuple[str | None, ...],
+        tags: Sequence[str],
+        params: dict[str, float],
+        served: Any,
+        api: str,
+        raw: bytes,
+    ) -> Any:
+        """`PolicyEngine.admit`: `None` (no policy matches), an `Admitted`, or `needs_facts`."""
     def __len__(self) -> int:
         """Limit rules."""
+
+@final
+class Admitted:
+    """One request's admission by `Admitter.admit_request`, as `tollway.policy.engine.Admission`
+    has it (no clamps, no output cap: those are decided by the engine's Python path)."""
+
+    @property
+    def verdicts(self) -> list[Any]:
+        """The decision trail: a `PolicyVerdict` per check and per limit rule, in order."""
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """`x-ratelimit-*` and `x-tollway-shadow-deny` headers (none when denied)."""
+    @property
+    def denied(self) -> Any:
+        """The `ApiError` the request is refused with, or `None`."""
+    @property
+    def clamps(self) -> dict[str, int | float]:
+        """Always empty."""
+    @property
+    def output_cap(self) -> tuple[int, str] | None:
+        """Always `None`."""
+    def settle(self, usage: Any, cost_micro_usd: int | None) -> None:
+        """Settle every reservation at the `Usage` (`cost_micro_usd`: `None` when unpriced), end
+        every lease. A second call does nothing."""
+    def release(self) -> None:
+        """Give back everything held (the request made no model call)."""
+    def __len__(self) -> int:
+        """Reservations and leases held."""
 
 @final
 class Holds:
@@ -493,6 +546,11 @@ class Holds:
         """Give back everything held (the request made no model call)."""
     def __len__(self) -> int:
         """Reservations and leases held."""
+
+def output_bound(requested: float | None, model_max: int | None, default: int) -> int:
+    """Output tokens to reserve: `max_tokens` as sent (`requested`), within the model's maximum
+    (`None` or 0: unknown); `default`, likewise capped, when not set; 0 at or below zero; at
+    most 2^40."""
 
 def reset_text(ms: int) -> str:
     """OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.25s`."""

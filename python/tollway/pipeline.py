@@ -45,6 +45,7 @@ from tollway.usage.accounting import output_text, settle_usage
 from tollway.usage.record import Attempt, UsageRecord
 
 if TYPE_CHECKING:
+    from tollway._native import Admitted
     from tollway.policy.engine import Admission
     from tollway.server.app import Gateway, Runtime
 
@@ -225,7 +226,7 @@ class ModelRequest:
         self.record.client_ip = _client_ip(scope)
         self.identity: Identity | None = None
         self.parsed: ParsedRequest | None = None
-        self.admission: Admission | None = None
+        self.admission: Admission | Admitted | None = None
         self.meter: StreamMeter | None = None
         self.sink: ClientStream | None = None
         # Time spent waiting for providers (excluded from the gateway's overhead).
@@ -291,9 +292,10 @@ class ModelRequest:
                     self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
         await self._attempts(plan, parsed)
 
-    def _admit(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> Admission | None:
+    def _admit(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> Admission | Admitted | None:
         """The admission by policies whose state is in process: the request's attributes as a
-        tuple, and the whole `RequestFacts` made only when a matched policy needs it."""
+        tuple (one native call decides most requests), and the whole `RequestFacts` made only
+        when a matched policy needs it."""
         policies, rec = self.rt.policies, self.record
         admission = policies.admit(
             (

@@ -5,7 +5,8 @@ Compilation (once per configuration): every policy's `match` becomes a selector 
 rule a `LimitSpec` whose counters live in the state backend.
 
 Evaluation (per request, `PolicyEngine.evaluate`; on the request path with the memory backend,
-`PolicyEngine.admit`, the same decisions from the request's attributes as primitives):
+`PolicyEngine.admit`, the same decisions from the request's attributes as primitives, in one
+native call when no matched policy needs more: see step 5):
 
 1. One native call finds every matching policy, in configuration order. What that set of
    policies needs (their kinds of checks and reservations) is worked out once per distinct set.
@@ -32,6 +33,15 @@ Evaluation (per request, `PolicyEngine.evaluate`; on the request path with the m
 4. Settlement (`Admission.settle`, when the request ends): each reservation is replaced by the
    actual amount (tokens weighted as configured; cost in micro-USD, rounded up); a request that
    made no model call releases everything (`Admission.release`).
+5. The request path's entry, `admit` (`tollway._native.Admitter.admit_request`), runs steps 1
+   to 3 in one native call for a request whose matched policies are all served natively and
+   whose checks are parameter bounds it sets none of (so they pass): matching, what the matched
+   policies need, the prompt count (by `served.counter`, only if a limit needs it), the
+   output bound (`output_bound`, shared with the Python path) and the cost
+   (`estimate_micro_usd`), the takes, the verdicts and headers. Its answer, an
+   `tollway._native.Admitted`, reads and settles as an `Admission` does. Any other request is
+   answered `NEEDS_FACTS`, and the caller `evaluate`s it. The Python opcodes this spares were
+   most of the policies' cost per request (docs/benchmarks.md).
 
 Worst-case overshoot under concurrency (admission is serialised per worker, or per Redis
 script, so every admitted request is counted before the next is decided):
@@ -54,7 +64,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, Protocol
 
-from tollway._native import Admitter, Holds, PolicySet, reset_text
+from tollway._native import Admitted, Admitter, Holds, PolicySet, output_bound, reset_text
 from tollway.config._toml_lines import format_path
 from tollway.errors import ConfigError, PolicyError
 from tollway.policy.config import (
@@ -97,13 +107,23 @@ _NUMERIC_PARAMS = ("max_tokens", "n", "temperature", "top_p")
 # -- the request, as policies see it ----------------------------------------------------------
 
 
+class PromptCounter(Protocol):
+    """Counts a request body's prompt tokens: `(tokens, exactness)` (a `TokenCounter`)."""
+
+    def count_openai_chat(self, body: bytes, /) -> tuple[int, str]: ...
+
+    def count_anthropic_messages(self, body: bytes, /) -> tuple[int, str]: ...
+
+
 class ServedModel(Protocol):
-    """What `PolicyEngine.admit` reads of the served model (a `ModelAccounting`)."""
+    """What `PolicyEngine.admit` reads of the served model (a `ModelAccounting`): its catalog
+    entry, and the counter of its prompts (a body it cannot read counts 0)."""
 
     @property
     def info(self) -> ModelInfo | None: ...
 
-    def count_prompt(self, api: str, raw_body: bytes) -> tuple[int, str]: ...
+    @property
+    def counter(self) -> PromptCounter: ...
 
 
 class Evaluate(enum.Enum):
@@ -234,8 +254,6 @@ class CompiledPolicy:
 # What a policy's limit rules need of the request before admission (`CompiledPolicy.needs`);
 # `_NEEDS_PYTHON`: a rule the native admission does not serve (an audit or truncating budget).
 _NEEDS_PROMPT, _NEEDS_OUTPUT, _NEEDS_USD, _NEEDS_PYTHON = 1, 2, 4, 8
-# The largest output bound reserved (2^40 tokens: past every limit, within a limiter's counters).
-_OUTPUT_BOUND_CAP = 1 << 40
 _NONE_ALLOWED: frozenset[int] = frozenset()
 # Distinct sets of matched policies whose `_Selection` is kept (past it, the cache starts over).
 _SELECTIONS_KEPT = 1024
@@ -252,10 +270,6 @@ class _Selection:
     shadow_checks: bool  # some of `checks` is in shadow mode
     allow: bool  # some of `checks` has an `allow` rule (the allow matcher must be asked)
     native: bool  # the native admission serves every limit rule of them
-    # `admit`'s path: native, and every check is a parameter bound (`passes_without`); then
-    # the parameters those bound (a request setting none of them passes every check).
-    lean: bool
-    bounded: frozenset[str]
 
 
 def _needs(limits: Sequence[LimitRule]) -> int:
@@ -593,8 +607,25 @@ def _estimated_cost(rule: LimitRule, usage: Usage) -> int:
     return math.ceil(usage.prompt_tokens * input_price + usage.completion_tokens * output_price)
 
 
+AdmitRequest = Callable[
+    [tuple[str | None, ...], Sequence[str], dict[str, float], ServedModel, str, bytes],
+    "Admission | Admitted | Literal[Evaluate.NEEDS_FACTS] | None",
+]
+
+
 class PolicyEngine:
     """Compiled policies over a state backend. Build once per configuration; evaluate per request."""
+
+    # `evaluate` on the request path, with a backend that answers in process, in one native call
+    # (`tollway._native.Admitter.admit_request`): `admit(attrs, tags, params, served, api, raw)`
+    # with the request as primitives (`attrs` in `PARTITION_ATTRIBUTES` order, its `tags`, its
+    # numeric `params` by name, the served model, whose counter counts the prompt of `raw` in
+    # `api`'s format only if a limit needs it). Answers `None` when no policy matches, the admission
+    # (an `Admitted`), or `NEEDS_FACTS` when a matched policy needs the whole request: an
+    # access rule, a parameter bound the request sets, an audit or truncating budget, a dollar
+    # budget on an unpriced model; the caller then `evaluate`s its `RequestFacts`. Same
+    # decisions as `evaluate` (`tests/test_policy_native.py`).
+    admit: AdmitRequest
 
     def __init__(
         self,
@@ -612,8 +643,9 @@ class PolicyEngine:
         self._allow_params = self.compiled.allow_matcher.params if self.compiled.allow_matcher else []
         # Every limit rule, in the native admission's order (its denials name a rule by index).
         self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
-        self._native = self._admitter()
         self._native_clock = self.backend.clock if isinstance(self.backend, MemoryBackend) else clock
+        self._native = self._admitter()
+        self.admit = self._native.admit_request if self._native is not None else self._admit_elsewhere
         # What each distinct set of matched policies needs (`_select`), by the matched indices.
         self._selections: dict[tuple[int, ...], _Selection] = {}
         # Whether `evaluate` serves every request (the backend answers in process), sparing
@@ -623,7 +655,7 @@ class PolicyEngine:
     def _admitter(self) -> Admitter | None:
         """The native admission of the limit rules, over the memory backend's limiters."""
         backend = self.backend
-        if not isinstance(backend, MemoryBackend) or not any(p.limits for p in self.compiled.policies):
+        if not isinstance(backend, MemoryBackend):
             return None
         rules: list[dict[str, Any]] = []
         policies: list[dict[str, Any]] = []
@@ -653,10 +685,36 @@ class PolicyEngine:
                     }
                 )
             per = [(name, PARTITION_ATTRIBUTES.index(name)) for name in policy.per]
+            passes_without = sorted(policy.passes_without) if policy.passes_without is not None else None
             policies.append(
-                {"name": policy.name, "mode": policy.mode, "enforce": policy.enforce, "per": per, "rules": ids}
+                {
+                    "name": policy.name,
+                    "mode": policy.mode,
+                    "enforce": policy.enforce,
+                    "per": per,
+                    "rules": ids,
+                    "checks": policy.checks,
+                    "check_kind": policy.check_kind,
+                    "passes_without": passes_without,
+                    "needs": policy.needs,
+                }
             )
-        return Admitter(rules, policies, PolicyVerdict)
+        return Admitter(
+            rules,
+            policies,
+            PolicyVerdict,
+            matcher=self.compiled.matcher,
+            needs_facts=NEEDS_FACTS,
+            default_max_output_tokens=self.limits.default_max_output_tokens,
+            estimate_usd=estimate_micro_usd,
+            denial_error=self._denial_error,
+            clock=None if self._native_clock is time.time else self._native_clock,
+        )
+
+    def _denial_error(self, policy_index: int, rule_index: int, partition: str, answer: AnyDenial) -> ApiError:
+        """The error of the native admission's denial (policy and rule by index)."""
+        policy = self.compiled.policies[policy_index]
+        return self._limit_error(policy, self._native_rules[rule_index], answer, partition)
 
     def __len__(self) -> int:
         return len(self.compiled.policies)
@@ -664,37 +722,17 @@ class PolicyEngine:
     def _matches(self, matcher: PolicySet, params: list[str], facts: RequestFacts) -> tuple[int, ...]:
         return matcher.match_attrs(facts.attrs(), facts.tags, [facts.params.get(p) for p in params])
 
-    def admit(
-        self,
+    @staticmethod
+    def _admit_elsewhere(
         attrs: tuple[str | None, ...],
         tags: Sequence[str],
-        params: Mapping[str, float],
+        params: dict[str, float],
         served: ServedModel,
         api: str,
         raw_body: bytes,
-    ) -> Admission | Literal[Evaluate.NEEDS_FACTS] | None:
-        """`evaluate` on the request path, with a backend that answers in process: the request
-        as primitives (`attrs` in `PARTITION_ATTRIBUTES` order, its `tags`, numeric `params`,
-        the served model, which counts the prompt of `raw_body` in `api`'s format only if a
-        limit needs it); `None` when no policy matches. `NEEDS_FACTS` when a matched policy
-        needs the whole request (`evaluate` with its `RequestFacts`): an access rule, a
-        parameter bound the request meets, an audit or truncating budget, a dollar budget on an
-        unpriced model. Same decisions as `evaluate` (`tests/test_policy_native.py`)."""
-        selection = self._selection(attrs, tags, params)
-        if selection is None:
-            return None
-        if not selection.lean or not selection.bounded.isdisjoint(params):
-            return NEEDS_FACTS
-        needs = selection.needs
-        prompt = served.count_prompt(api, raw_body)[0] if needs & _NEEDS_PROMPT else 0
-        amounts = self._amounts(needs, prompt, params.get("max_tokens"), served.info)
-        if amounts is None:
-            return NEEDS_FACTS
-        admission = Admission(self.backend)
-        for policy in selection.checks:
-            admission.verdicts.append(_passed(policy))
-        self._admit_natively(selection, attrs, amounts, admission)
-        return admission
+    ) -> Literal[Evaluate.NEEDS_FACTS]:
+        """`admit` with a backend outside the process: `evaluate_async` decides every request."""
+        return NEEDS_FACTS
 
     def evaluate(self, facts: RequestFacts) -> Admission:
         """Evaluate with a backend that answers in process (the memory backend); a request
@@ -773,7 +811,6 @@ class PolicyEngine:
             needs |= policy.needs
         checks = tuple(policy for policy in policies if policy.checks)
         native = self._native is not None and not needs & _NEEDS_PYTHON
-        quick = [policy.passes_without for policy in checks]
         selection = _Selection(
             matched=list(matched),
             policies=policies,
@@ -782,8 +819,6 @@ class PolicyEngine:
             shadow_checks=any(not policy.enforce for policy in checks),
             allow=self.compiled.allow_matcher is not None and any(p.allow_index is not None for p in checks),
             native=native,
-            lean=native and all(names is not None for names in quick),
-            bounded=frozenset().union(*(names for names in quick if names is not None)),
         )
         if len(self._selections) >= _SELECTIONS_KEPT:
             self._selections.clear()
@@ -839,9 +874,7 @@ class PolicyEngine:
         )
         admission.verdicts += verdicts  # after those of access and parameter rules
         if denial is not None:
-            policy_index, rule_index, partition, answer = denial
-            policy = self.compiled.policies[policy_index]
-            admission.denied = self._limit_error(policy, self._native_rules[rule_index], answer, partition)
+            admission.denied = self._denial_error(*denial)
             return
         if holds is not None:
             admission._native = (holds, clock)
@@ -937,17 +970,10 @@ class PolicyEngine:
 
     # -- limits ------------------------------------------------------------------------------
     def _output_bound(self, requested: float | None, info: ModelInfo | None) -> int:
-        """The output tokens to reserve for a request with this `max_tokens` (or none)."""
+        """The output tokens to reserve for a request with this `max_tokens` (or none): as sent,
+        within the model's maximum output; `[limits] default_max_output_tokens` when not set."""
         model_max = info.max_output_tokens if info is not None else None
-        if requested is None:
-            bound = self.limits.default_max_output_tokens
-            return min(bound, model_max) if model_max else bound
-        # As sent, within what a counter holds: a negative `max_tokens` reserves nothing (the
-        # provider refuses it), an absurd one more than any limit (the limit refuses it).
-        wanted = model_max if model_max and requested > model_max else requested
-        if wanted <= 0:
-            return 0
-        return int(wanted) if wanted < _OUTPUT_BOUND_CAP else _OUTPUT_BOUND_CAP
+        return output_bound(requested, model_max, self.limits.default_max_output_tokens)
 
     def _plan(self, policies: Sequence[CompiledPolicy], facts: RequestFacts) -> _Plan:
         """The takes of every limit rule of the matched policies, in order, with what each

@@ -8,18 +8,21 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 use tollway_core::limiter::admission::{self as core, Count, Limit, Outcome, Request, Take, Usage};
 use tollway_core::limiter::{Check, Kind, LimiterError, ReservationId};
 
-use crate::errors::limiter_error;
+use crate::errors::{limiter_error, TokenCountError};
 use crate::limiter::{
     answer, lock, now_ms, seconds, BudgetWindow, ConcurrencyLimiter, TokenBucket,
 };
+use crate::policy::{attribute_items, attribute_texts, tag_list, PolicySet};
+use crate::tokens::{Api, TokenCounter};
 
 /// A rule's limiter, as the memory backend holds it.
 enum Limiter {
@@ -68,6 +71,15 @@ pub fn reset_text(ms: u64) -> String {
     core::reset_text(ms)
 }
 
+/// The output tokens to reserve for a request with `max_tokens` `requested` (`None`: not set)
+/// on a model whose maximum output is `model_max` (`None` or 0: unknown), with
+/// `[limits] default_max_output_tokens` `default` (see `tollway_core`'s `output_bound`).
+#[pyfunction]
+#[pyo3(signature = (requested, model_max, default))]
+pub fn output_bound(requested: Option<f64>, model_max: Option<u64>, default: u64) -> u64 {
+    core::output_bound(requested, model_max, default)
+}
+
 /// An amount in the unit people read: USD for dollar budgets (kept in micro-USD).
 fn display(rule: &core::Rule, amount: u64) -> f64 {
     if rule.usd {
@@ -87,7 +99,21 @@ struct Policy {
     /// once per request.
     per_id: usize,
     rules: Vec<usize>,
+    /// Whether it has access rules or parameter bounds (`CompiledPolicy.checks`), the kind of
+    /// the verdict saying they passed, and, when its only checks are bounds on parameters,
+    /// their names (a request setting none of them passes them; `CompiledPolicy.passes_without`).
+    checks: bool,
+    check_kind: Py<PyString>,
+    passes_without: Option<Vec<Py<PyString>>>,
+    /// What its limit rules need of the request (`NEEDS_*` bits; `CompiledPolicy.needs`).
+    needs: u8,
 }
+
+// `CompiledPolicy.needs`'s bits (`tollway.policy.engine._NEEDS_*`).
+const NEEDS_PROMPT: u8 = 1;
+const NEEDS_OUTPUT: u8 = 2;
+const NEEDS_USD: u8 = 4;
+const NEEDS_PYTHON: u8 = 8;
 
 /// A limit rule as the engine describes it (a dict).
 #[derive(FromPyObject)]
@@ -116,6 +142,10 @@ struct PolicySpec<'py> {
     enforce: bool,
     per: Vec<(Bound<'py, PyString>, usize)>,
     rules: Vec<usize>,
+    checks: bool,
+    check_kind: Bound<'py, PyString>,
+    passes_without: Option<Vec<Bound<'py, PyString>>>,
+    needs: u8,
 }
 
 fn rule_from(spec: RuleSpec<'_>) -> PyResult<(Limiter, core::Rule, Shown)> {
@@ -170,6 +200,26 @@ pub struct Admitter {
     /// The `x-ratelimit-limit-requests` and `-tokens` headers (`LIMIT_HEADERS` order) of each
     /// request and token rate limit, by limit: the same on every response it is the tightest of.
     limit_headers: [HashMap<u64, Py<PyTuple>, ahash::RandomState>; 2],
+    /// What `admit_request` needs beyond the rules (`None`: only `admit` is served).
+    path: Option<RequestPath>,
+}
+
+/// What `Admitter.admit_request` needs besides the limit rules: the engine's matcher and the
+/// pieces of its Python path it calls back (each on a path most requests do not take).
+struct RequestPath {
+    matcher: Py<PolicySet>,
+    /// The names of the numeric parameters the matcher reads, in its order.
+    params: Vec<Py<PyString>>,
+    /// What `admit_request` answers when the engine must `evaluate` the whole request.
+    needs_facts: Py<PyAny>,
+    /// `[limits] default_max_output_tokens`.
+    default_output: u64,
+    /// `estimate_micro_usd(info, prompt, output)`: micro-USD, or `None` when unpriced.
+    estimate_usd: Py<PyAny>,
+    /// `(policy, rule, partition, Denial)` to the `ApiError` a limit's denial answers with.
+    denial_error: Py<PyAny>,
+    /// The clock (epoch seconds) of the memory backend; `None`: the system's.
+    clock: Option<Py<PyAny>>,
 }
 
 /// The names of the limit headers, by `Tightest` slot: request rates, then token rates.
@@ -180,13 +230,35 @@ fn limit_header<'py>(py: Python<'py>, slot: usize, limit: u64) -> PyResult<Bound
     PyTuple::new(py, [LIMIT_HEADERS[slot], itoa::Buffer::new().format(limit)])
 }
 
+/// The rules' side of one admission (`Admitter::run`), before it is handed to Python.
+struct Ran<'py> {
+    /// What the admitted request holds until it ends (empty when denied).
+    held: Vec<(usize, ReservationId)>,
+    /// The first enforcing denial: `(policy, rule, partition, Denial)`.
+    denial: Option<(usize, usize, Bound<'py, PyString>, Bound<'py, PyAny>)>,
+    /// OpenAI's `x-ratelimit-*` headers for the tightest enforcing rates (none when denied).
+    headers: Vec<Bound<'py, PyTuple>>,
+    /// The shadow policies that would have denied, in order (with repeats).
+    shadow: Vec<usize>,
+}
+
 #[pymethods]
 impl Admitter {
+    /// `rules` and `policies` describe the limit rules (see the stub); the keyword arguments
+    /// serve `admit_request` and are all given or none.
     #[new]
+    #[pyo3(signature = (rules, policies, make_verdict, *, matcher=None, needs_facts=None, default_max_output_tokens=0, estimate_usd=None, denial_error=None, clock=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         rules: Vec<RuleSpec<'_>>,
         policies: Vec<PolicySpec<'_>>,
         make_verdict: Py<PyAny>,
+        matcher: Option<Bound<'_, PolicySet>>,
+        needs_facts: Option<Py<PyAny>>,
+        default_max_output_tokens: u64,
+        estimate_usd: Option<Py<PyAny>>,
+        denial_error: Option<Py<PyAny>>,
+        clock: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let (mut limits, mut core_rules, mut shown) = (Vec::new(), Vec::new(), Vec::new());
         let mut limit_headers: [HashMap<u64, Py<PyTuple>, ahash::RandomState>; 2] =
@@ -231,9 +303,48 @@ impl Admitter {
                     per: p.per.into_iter().map(|(n, i)| (n.unbind(), i)).collect(),
                     per_id,
                     rules: p.rules,
+                    checks: p.checks,
+                    check_kind: p.check_kind.unbind(),
+                    passes_without: p
+                        .passes_without
+                        .map(|names| names.into_iter().map(Bound::unbind).collect()),
+                    needs: p.needs,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
+        let path = match (matcher, needs_facts, estimate_usd, denial_error) {
+            (Some(matcher), Some(needs_facts), Some(estimate_usd), Some(denial_error)) => {
+                let py = matcher.py();
+                let set = matcher.get();
+                if set.inner_len() != policies.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "the matcher has {} selectors for {} policies",
+                        set.inner_len(),
+                        policies.len()
+                    )));
+                }
+                let params = set
+                    .param_names()
+                    .iter()
+                    .map(|name| PyString::new(py, name).unbind())
+                    .collect();
+                Some(RequestPath {
+                    matcher: matcher.unbind(),
+                    params,
+                    needs_facts,
+                    default_output: default_max_output_tokens,
+                    estimate_usd,
+                    denial_error,
+                    clock,
+                })
+            }
+            (None, None, None, None) => None,
+            _ => {
+                return Err(PyValueError::new_err(
+                    "`matcher`, `needs_facts`, `estimate_usd` and `denial_error` go together",
+                ))
+            }
+        };
         Ok(Self {
             limits,
             rules: core_rules,
@@ -242,6 +353,7 @@ impl Admitter {
             partitionings: partitionings.len(),
             make_verdict,
             limit_headers,
+            path,
         })
     }
 
@@ -266,23 +378,259 @@ impl Admitter {
         now: f64,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
-        let this = slf.get();
-        let now_ms = now_ms(Some(now))?;
         // Read item by item: the generic sequence conversion costs more than the rest of
         // taking the arguments.
         let mut indices = Vec::with_capacity(matched.len());
         for index in matched.iter() {
             indices.push(index.extract::<usize>()?);
         }
-        let matched = indices;
-        // Each matched policy's partition key, made once per partitioning.
-        let mut made: Vec<Option<Bound<'py, PyString>>> = vec![None; this.partitionings];
-        let mut partitions: Vec<(usize, Bound<'py, PyString>)> = Vec::with_capacity(matched.len());
+        let request = Request {
+            prompt_tokens: prompt,
+            output_tokens: output,
+            usd,
+        };
+        let verdicts = PyList::empty(py);
+        let ran = slf
+            .get()
+            .run(py, &indices, attrs, &request, now, &verdicts)?;
+        let holds = if ran.held.is_empty() {
+            py.None().into_bound(py)
+        } else {
+            let holds = Holds {
+                admitter: slf.clone().unbind(),
+                held: Mutex::new(ran.held),
+            };
+            Bound::new(py, holds)?.into_any()
+        };
+        let denial = match ran.denial {
+            Some(denial) => denial.into_bound_py_any(py)?,
+            None => py.None().into_bound(py),
+        };
+        let headers = PyList::new(py, ran.headers)?;
+        (verdicts, holds, denial, headers, !ran.shadow.is_empty()).into_pyobject(py)
+    }
+
+    /// `PolicyEngine.admit` (see there), for an `Admitter` made with the request path's
+    /// arguments: match the request (`attrs` in `PARTITION_ATTRIBUTES` order, `tags`, `params`
+    /// the numeric parameters by name), and, when every matched policy is served here, count
+    /// its prompt (`raw` in `api`'s format, by `served.counter`, only when a limit needs it),
+    /// work out its
+    /// output bound and cost, and admit it. Returns `None` when no policy matches, an
+    /// `Admitted`, or `needs_facts` when a matched policy needs the whole request: an access
+    /// rule, a parameter bound the request sets, an audit or truncating budget, a dollar
+    /// budget on an unpriced model.
+    #[pyo3(signature = (attrs, tags, params, served, api, raw))]
+    fn admit_request<'py>(
+        slf: &Bound<'py, Self>,
+        attrs: &Bound<'py, PyTuple>,
+        tags: &Bound<'py, PyAny>,
+        params: &Bound<'py, PyDict>,
+        served: &Bound<'py, PyAny>,
+        api: &str,
+        raw: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let path = this.path.as_ref().ok_or_else(|| {
+            PyValueError::new_err("this Admitter was made without the request path's arguments")
+        })?;
+        let mut values = Vec::with_capacity(path.params.len());
+        for name in &path.params {
+            values.push(match params.get_item(name.bind(py))? {
+                Some(value) => value.extract::<Option<f64>>()?,
+                None => None,
+            });
+        }
+        let items = attribute_items(attrs)?;
+        let matched =
+            path.matcher
+                .get()
+                .find(attribute_texts(&items)?, &tag_list(tags)?, &values)?;
+        if matched.is_empty() {
+            return Ok(py.None().into_bound(py));
+        }
+        let needs_facts = || Ok(path.needs_facts.bind(py).clone());
+        let matched: Vec<usize> = matched.into_iter().map(|p| p as usize).collect();
+        let mut needs = 0;
         for &p in &matched {
-            let policy = this
+            let policy = &this.policies[p];
+            needs |= policy.needs;
+            if policy.checks {
+                let Some(names) = &policy.passes_without else {
+                    return needs_facts();
+                };
+                for name in names {
+                    if params.contains(name.bind(py))? {
+                        return needs_facts();
+                    }
+                }
+            }
+        }
+        if needs & NEEDS_PYTHON != 0 {
+            return needs_facts();
+        }
+        let mut request = Request::default();
+        if needs & NEEDS_PROMPT != 0 {
+            let counter = served.getattr(intern!(py, "counter"))?;
+            request.prompt_tokens = prompt_tokens(&counter, api, raw)?;
+        }
+        if needs & (NEEDS_OUTPUT | NEEDS_USD) != 0 {
+            let info = served.getattr(intern!(py, "info"))?;
+            if needs & NEEDS_OUTPUT != 0 {
+                let model_max = if info.is_none() {
+                    None
+                } else {
+                    info.getattr(intern!(py, "max_output_tokens"))?
+                        .extract::<Option<u64>>()?
+                };
+                let requested = match params.get_item(intern!(py, "max_tokens"))? {
+                    Some(value) => Some(value.extract::<f64>()?),
+                    None => None,
+                };
+                request.output_tokens =
+                    core::output_bound(requested, model_max, path.default_output);
+            }
+            if needs & NEEDS_USD != 0 {
+                let estimate = path.estimate_usd.bind(py).call1((
+                    info,
+                    request.prompt_tokens,
+                    request.output_tokens,
+                ))?;
+                match estimate.extract::<Option<u64>>()? {
+                    Some(usd) => request.usd = usd,
+                    None => return needs_facts(),
+                }
+            }
+        }
+        let now = match &path.clock {
+            Some(clock) => clock.bind(py).call0()?.extract::<f64>()?,
+            None => system_now(),
+        };
+        // The verdicts of the checks (all passed: the request sets no bounded parameter),
+        // then those of the limits.
+        let verdicts = PyList::empty(py);
+        let make_verdict = this.make_verdict.bind(py);
+        for &p in &matched {
+            let policy = &this.policies[p];
+            if policy.checks {
+                let fields = (
+                    &policy.name,
+                    &policy.check_kind,
+                    intern!(py, "allow"),
+                    &policy.mode,
+                );
+                verdicts.append(make_verdict.call1(fields)?)?;
+            }
+        }
+        let ran = this.run(py, &matched, attrs, &request, now, &verdicts)?;
+        let mut headers = ran.headers;
+        let denied = match ran.denial {
+            Some(denial) => path.denial_error.bind(py).call1(denial)?.unbind(),
+            None => {
+                if !ran.shadow.is_empty() {
+                    headers.push(shadow_header(py, this, ran.shadow)?);
+                }
+                py.None()
+            }
+        };
+        let admitted = Admitted {
+            verdicts: verdicts.unbind(),
+            headers: PyList::new(py, headers)?.unbind(),
+            denied,
+            admitter: slf.clone().unbind(),
+            held: Mutex::new(ran.held),
+        };
+        Ok(Bound::new(py, admitted)?.into_any())
+    }
+
+    fn __len__(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// Prompt tokens of the request body `raw` in `api`'s format (`openai` or `anthropic`), by the
+/// served model's counter: a `TokenCounter`, counted here, or any object with its
+/// `count_openai_chat` and `count_anthropic_messages`. A body the counter cannot read counts 0,
+/// as in `ModelAccounting.count_prompt`.
+fn prompt_tokens(counter: &Bound<'_, PyAny>, api: &str, raw: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let py = counter.py();
+    let anthropic = api == "anthropic";
+    if let Ok(native) = counter.cast::<TokenCounter>() {
+        let format = if anthropic {
+            Api::Anthropic
+        } else {
+            Api::OpenAi
+        };
+        let body = raw.cast::<PyBytes>()?.as_bytes();
+        return Ok(native
+            .get()
+            .prompt(py, format, body)
+            .map_or(0, |count| count.tokens));
+    }
+    let method = if anthropic {
+        intern!(py, "count_anthropic_messages")
+    } else {
+        intern!(py, "count_openai_chat")
+    };
+    match counter.call_method1(method, (raw,)) {
+        Ok(counted) => counted.get_item(0)?.extract(),
+        Err(err) if err.is_instance_of::<TokenCountError>(py) => Ok(0),
+        Err(err) => Err(err),
+    }
+}
+
+/// Seconds since the epoch, by the system clock.
+fn system_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
+/// `x-tollway-shadow-deny`: the shadow policies that would have denied, sorted, once each.
+fn shadow_header<'py>(
+    py: Python<'py>,
+    admitter: &Admitter,
+    policies: Vec<usize>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let mut names = policies
+        .into_iter()
+        .map(|p| admitter.policies[p].name.bind(py).to_str())
+        .collect::<PyResult<Vec<_>>>()?;
+    names.sort_unstable();
+    names.dedup();
+    PyTuple::new(
+        py,
+        [
+            intern!(py, "x-tollway-shadow-deny").clone(),
+            PyString::new(py, &names.join(", ")),
+        ],
+    )
+}
+
+impl Admitter {
+    /// The limit rules of the policies `matched` (indices, in order) for one request: their
+    /// verdicts appended to `verdicts`, and the rest of the admission.
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        matched: &[usize],
+        attrs: &Bound<'py, PyTuple>,
+        request: &Request,
+        now: f64,
+        verdicts: &Bound<'py, PyList>,
+    ) -> PyResult<Ran<'py>> {
+        let now_ms = now_ms(Some(now))?;
+        // Each matched policy's partition key, made once per partitioning.
+        let mut made: Vec<Option<Bound<'py, PyString>>> = vec![None; self.partitionings];
+        let mut partitions: Vec<(usize, Bound<'py, PyString>)> = Vec::with_capacity(matched.len());
+        for &p in matched {
+            let policy = self
                 .policies
                 .get(p)
                 .ok_or_else(|| PyValueError::new_err(format!("no policy {p}")))?;
+            if policy.rules.is_empty() {
+                continue;
+            }
             let key = match &made[policy.per_id] {
                 Some(key) => key.clone(),
                 None => {
@@ -295,12 +643,12 @@ impl Admitter {
         }
         let rules_matched: usize = partitions
             .iter()
-            .map(|(p, _)| this.policies[*p].rules.len())
+            .map(|(p, _)| self.policies[*p].rules.len())
             .sum();
         let mut takes = Vec::with_capacity(rules_matched);
         let mut owners = Vec::with_capacity(rules_matched); // (policy, partition) of each take
         for (p, key) in &partitions {
-            let policy = &this.policies[*p];
+            let policy = &self.policies[*p];
             let key_text = key.to_str()?;
             for &rule in &policy.rules {
                 takes.push(Take {
@@ -311,25 +659,20 @@ impl Admitter {
                 owners.push((*p, key));
             }
         }
-        let request = Request {
-            prompt_tokens: prompt,
-            output_tokens: output,
-            usd,
-        };
-        let admission = core::admit(&this.limits, &this.rules, &takes, &request, now_ms)
+        let admission = core::admit(&self.limits, &self.rules, &takes, request, now_ms)
             .map_err(limiter_error)?;
-        let verdicts = PyList::empty(py);
-        let mut shadow = false;
-        let mut denial = py.None().into_bound(py);
+        let make_verdict = self.make_verdict.bind(py);
+        let mut shadow = Vec::new();
+        let mut denial = None;
         for (i, outcome) in admission.outcomes.iter().enumerate() {
             let (p, key) = owners[i];
-            let (policy, rule) = (&this.policies[p], takes[i].rule);
+            let (policy, rule) = (&self.policies[p], takes[i].rule);
             let (name, numbers) = match outcome {
                 Outcome::Granted { amount, grant } => {
                     let reset_after = seconds(grant.reset_after_ms);
                     let numbers = Numbers {
-                        requested: Some(display(&this.rules[rule], *amount)),
-                        remaining: Some(display(&this.rules[rule], grant.remaining)),
+                        requested: Some(display(&self.rules[rule], *amount)),
+                        remaining: Some(display(&self.rules[rule], grant.remaining)),
                         resets_at: Some(now + reset_after),
                         ..Numbers::default()
                     };
@@ -338,20 +681,20 @@ impl Admitter {
                 Outcome::Denied { denial: denied, .. } => {
                     let retry_after = denied.retry_after_ms.map(seconds);
                     let numbers = Numbers {
-                        used: Some(display(&this.rules[rule], denied.used)),
-                        requested: Some(display(&this.rules[rule], denied.requested)),
+                        used: Some(display(&self.rules[rule], denied.used)),
+                        requested: Some(display(&self.rules[rule], denied.requested)),
                         retry_after,
                         resets_at: retry_after.map(|s| now + s),
                         ..Numbers::default()
                     };
                     if admission.denied_by == Some(i) {
                         let answer = answer(py, Check::Denied(denied.clone()))?;
-                        denial = (p, rule, key.clone(), answer).into_bound_py_any(py)?;
+                        denial = Some((p, rule, key.clone(), answer.into_bound(py)));
                     }
                     if policy.enforce {
                         (intern!(py, "deny"), numbers)
                     } else {
-                        shadow = true;
+                        shadow.push(p);
                         (intern!(py, "would_deny"), numbers)
                     }
                 }
@@ -359,12 +702,12 @@ impl Admitter {
             };
             let detail = matches!(outcome, Outcome::NotEvaluated)
                 .then(|| intern!(py, "an earlier policy denied the request"));
-            let fields = verdict(py, policy, &this.shown[rule], key, name, numbers, detail)?;
-            verdicts.append(this.make_verdict.bind(py).call1(fields)?)?;
+            let fields = verdict(py, policy, &self.shown[rule], key, name, numbers, detail)?;
+            verdicts.append(make_verdict.call1(fields)?)?;
         }
         // Names interned, numbers written by `itoa`, the limits' headers made once: formatting
         // these six headers was a third of this call (instruction counts, callgrind).
-        let mut header_pairs: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(6);
+        let mut headers: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(7);
         let mut digits = itoa::Buffer::new();
         for (slot, names, tight) in [
             (
@@ -387,31 +730,22 @@ impl Admitter {
             if let Some((limit, remaining, reset_ms)) = tight {
                 let [remaining_name, reset_name] = names;
                 // Every rate limit's header was made with the `Admitter`.
-                header_pairs.push(match this.limit_headers[slot].get(&limit) {
+                headers.push(match self.limit_headers[slot].get(&limit) {
                     Some(header) => header.bind(py).clone(),
                     None => limit_header(py, slot, limit)?,
                 });
                 let remaining = PyString::new(py, digits.format(remaining));
-                header_pairs.push(PyTuple::new(py, [remaining_name.clone(), remaining])?);
+                headers.push(PyTuple::new(py, [remaining_name.clone(), remaining])?);
                 let reset = PyString::new(py, &core::reset_text(reset_ms));
-                header_pairs.push(PyTuple::new(py, [reset_name.clone(), reset])?);
+                headers.push(PyTuple::new(py, [reset_name.clone(), reset])?);
             }
         }
-        let headers = PyList::new(py, header_pairs)?;
-        let holds = if admission.held.is_empty() {
-            py.None().into_bound(py)
-        } else {
-            let holds = Holds {
-                admitter: slf.clone().unbind(),
-                held: Mutex::new(admission.held),
-            };
-            Bound::new(py, holds)?.into_any()
-        };
-        (verdicts, holds, denial, headers, shadow).into_pyobject(py)
-    }
-
-    fn __len__(&self) -> usize {
-        self.rules.len()
+        Ok(Ran {
+            held: admission.held,
+            denial,
+            headers,
+            shadow,
+        })
     }
 }
 
@@ -542,6 +876,96 @@ impl Holds {
         Ok(())
     }
 
+    fn __len__(&self) -> usize {
+        lock(&self.held).len()
+    }
+}
+
+/// One request's admission by `Admitter.admit_request`: what the engine's `Admission` holds,
+/// for a request every rule of which was decided natively (no clamps, no output cap).
+#[pyclass(frozen, module = "tollway._native")]
+pub struct Admitted {
+    /// The decision trail: a `PolicyVerdict` per check and per limit rule, in order.
+    #[pyo3(get)]
+    verdicts: Py<PyList>,
+    /// `x-ratelimit-*` and `x-tollway-shadow-deny` headers (none when denied).
+    #[pyo3(get)]
+    headers: Py<PyList>,
+    /// The error the request is refused with (`ApiError`), or `None`.
+    #[pyo3(get)]
+    denied: Py<PyAny>,
+    admitter: Py<Admitter>,
+    held: Mutex<Vec<(usize, ReservationId)>>,
+}
+
+impl Admitted {
+    fn now_ms(&self, py: Python<'_>) -> PyResult<u64> {
+        match self
+            .admitter
+            .get()
+            .path
+            .as_ref()
+            .and_then(|p| p.clock.as_ref())
+        {
+            Some(clock) => now_ms(Some(clock.bind(py).call0()?.extract()?)),
+            None => now_ms(None),
+        }
+    }
+}
+
+#[pymethods]
+impl Admitted {
+    /// Parameters to lower before the request goes upstream: none here (a clamp is decided by
+    /// the engine's Python path).
+    #[getter]
+    fn clamps<'py>(&self, py: Python<'py>) -> Bound<'py, PyDict> {
+        PyDict::new(py)
+    }
+
+    /// Output tokens a stream may produce before a truncating budget ends it: none here.
+    #[getter]
+    fn output_cap(&self) -> Option<(u64, String)> {
+        None
+    }
+
+    /// The request ended with `usage` (a `Usage`) and cost (`cost_micro_usd`; `None` when the
+    /// served model is unpriced): settle what it holds, as `Holds.settle`. Settling twice does
+    /// nothing the second time.
+    fn settle(&self, usage: &Bound<'_, PyAny>, cost_micro_usd: Option<u64>) -> PyResult<()> {
+        let py = usage.py();
+        let held = std::mem::take(&mut *lock(&self.held));
+        if held.is_empty() {
+            return Ok(());
+        }
+        let usage = Usage {
+            prompt_tokens: usage.getattr(intern!(py, "prompt_tokens"))?.extract()?,
+            completion_tokens: usage.getattr(intern!(py, "completion_tokens"))?.extract()?,
+            cached_tokens: usage.getattr(intern!(py, "cached_tokens"))?.extract()?,
+            reasoning_tokens: usage.getattr(intern!(py, "reasoning_tokens"))?.extract()?,
+            cost: cost_micro_usd,
+        };
+        let admitter = self.admitter.get();
+        core::settle(
+            &admitter.limits,
+            &admitter.rules,
+            &held,
+            &usage,
+            self.now_ms(py)?,
+        );
+        Ok(())
+    }
+
+    /// The request ended without a model call: give back everything it holds.
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let held = std::mem::take(&mut *lock(&self.held));
+        if held.is_empty() {
+            return Ok(());
+        }
+        core::release(&self.admitter.get().limits, &held, self.now_ms(py)?);
+        Ok(())
+    }
+
+    /// How many reservations and leases it holds.
     fn __len__(&self) -> usize {
         lock(&self.held).len()
     }

@@ -18,7 +18,9 @@ mod tokens;
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<admission::Admitter>()?;
+    m.add_class::<admission::Admitted>()?;
     m.add_class::<admission::Holds>()?;
+    m.add_function(wrap_pyfunction!(admission::output_bound, m)?)?;
     m.add_function(wrap_pyfunction!(admission::reset_text, m)?)?;
     m.add_class::<chat_stream::OpenAIChatStream>()?;
     m.add_class::<eventstream::EventStreamDecoder>()?;

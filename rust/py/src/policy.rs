@@ -103,34 +103,30 @@ impl PolicySet {
         params: &Bound<'py, PyList>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         // Read item by item: the generic sequence conversion costs more than the matching.
-        let tags: Vec<String> = match tags.cast::<PyTuple>() {
-            Ok(tuple) => tuple.iter().map(|t| t.extract()).collect::<PyResult<_>>()?,
-            Err(_) => tags.extract()?,
-        };
+        let tags = tag_list(tags)?;
         let mut values: Vec<Option<f64>> = Vec::with_capacity(params.len());
         for value in params.iter() {
             values.push(value.extract()?);
         }
-        if attrs.len() != 8 {
-            return Err(PyValueError::new_err(format!(
-                "expected 8 attributes, got {}",
-                attrs.len()
-            )));
-        }
-        let items: Vec<Bound<'py, PyAny>> = attrs.iter().collect();
-        let mut texts: [Option<&str>; 8] = [None; 8];
-        for (text, item) in texts.iter_mut().zip(&items) {
-            if !item.is_none() {
-                *text = Some(item.cast::<PyString>()?.to_str()?);
-            }
-        }
+        let items = attribute_items(attrs)?;
+        let texts = attribute_texts(&items)?;
         PyTuple::new(py, self.find(texts, &tags, &values)?)
     }
 }
 
 impl PolicySet {
+    /// How many policies' selectors it holds.
+    pub(crate) fn inner_len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The numeric parameters the selectors use, in the order `find` takes their values.
+    pub(crate) fn param_names(&self) -> &[String] {
+        self.inner.params()
+    }
+
     /// The matching policies for `attrs` in `PARTITION_ATTRIBUTES` order (the last is the IP).
-    fn find(
+    pub(crate) fn find(
         &self,
         attrs: [Option<&str>; 8],
         tags: &[String],
@@ -146,6 +142,39 @@ impl PolicySet {
         };
         Ok(self.inner.matches(&request))
     }
+}
+
+/// A request's tags, as a tuple or any sequence of strings.
+pub(crate) fn tag_list(tags: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    match tags.cast::<PyTuple>() {
+        Ok(tuple) => tuple.iter().map(|t| t.extract()).collect(),
+        Err(_) => tags.extract(),
+    }
+}
+
+/// The items of the attributes tuple `(key, team, user, model, resolved_model, provider,
+/// endpoint, ip)`, checked to be eight (`attribute_texts` reads them).
+pub(crate) fn attribute_items<'py>(
+    attrs: &Bound<'py, PyTuple>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if attrs.len() != 8 {
+        return Err(PyValueError::new_err(format!(
+            "expected 8 attributes, got {}",
+            attrs.len()
+        )));
+    }
+    Ok(attrs.iter().collect())
+}
+
+/// The attributes as text (`None` for an absent one).
+pub(crate) fn attribute_texts<'a>(items: &'a [Bound<'_, PyAny>]) -> PyResult<[Option<&'a str>; 8]> {
+    let mut texts: [Option<&str>; 8] = [None; 8];
+    for (text, item) in texts.iter_mut().zip(items) {
+        if !item.is_none() {
+            *text = Some(item.cast::<PyString>()?.to_str()?);
+        }
+    }
+    Ok(texts)
 }
 
 fn parse_ip(ip: Option<&str>) -> PyResult<Option<IpAddr>> {

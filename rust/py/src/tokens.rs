@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use tollway_core::tokens::hf::HfTokenizer;
 use tollway_core::tokens::stream::{RecountingCounter, StreamCounter};
-use tollway_core::tokens::{chat, Count, Encoding, Exactness, TextCounter};
+use tollway_core::tokens::{chat, Count, Encoding, Exactness, TextCounter, TokenError};
 
 use crate::errors::token_error;
 
@@ -31,6 +31,13 @@ impl Inner {
             Inner::Hf(tokenizer) => tokenizer.as_ref(),
         }
     }
+}
+
+/// The API format of a request body whose prompt is counted.
+#[derive(Clone, Copy)]
+pub(crate) enum Api {
+    OpenAi,
+    Anthropic,
 }
 
 /// A tokenizer chosen once (from configuration or the pricing catalog), used per request.
@@ -93,13 +100,9 @@ impl TokenCounter {
 
     /// Prompt tokens of an OpenAI chat-completions request body: `(tokens, exactness)`.
     fn count_openai_chat(&self, py: Python<'_>, body: &[u8]) -> PyResult<(u64, &'static str)> {
-        let counter = self.inner.counter();
-        let counted = if body.len() >= DETACH_THRESHOLD {
-            py.detach(|| chat::count_openai_chat(counter, body))
-        } else {
-            chat::count_openai_chat(counter, body)
-        };
-        counted.map(pair).map_err(token_error)
+        self.prompt(py, Api::OpenAi, body)
+            .map(pair)
+            .map_err(token_error)
     }
 
     /// Prompt tokens of an Anthropic Messages request body: `(tokens, "approximate")`.
@@ -108,13 +111,9 @@ impl TokenCounter {
         py: Python<'_>,
         body: &[u8],
     ) -> PyResult<(u64, &'static str)> {
-        let counter = self.inner.counter();
-        let counted = if body.len() >= DETACH_THRESHOLD {
-            py.detach(|| chat::count_anthropic_messages(counter, body))
-        } else {
-            chat::count_anthropic_messages(counter, body)
-        };
-        counted.map(pair).map_err(token_error)
+        self.prompt(py, Api::Anthropic, body)
+            .map(pair)
+            .map_err(token_error)
     }
 
     /// A fresh counter for one streamed answer.
@@ -131,6 +130,28 @@ impl TokenCounter {
 
     fn __repr__(&self) -> String {
         format!("TokenCounter({:?})", self.encoding())
+    }
+}
+
+impl TokenCounter {
+    /// Prompt tokens of a request body in `api`'s format (`count_openai_chat`,
+    /// `count_anthropic_messages`; the native admission counts with it too).
+    pub(crate) fn prompt(
+        &self,
+        py: Python<'_>,
+        api: Api,
+        body: &[u8],
+    ) -> Result<Count, TokenError> {
+        let counter = self.inner.counter();
+        let count = |body: &[u8]| match api {
+            Api::OpenAi => chat::count_openai_chat(counter, body),
+            Api::Anthropic => chat::count_anthropic_messages(counter, body),
+        };
+        if body.len() >= DETACH_THRESHOLD {
+            py.detach(|| count(body))
+        } else {
+            count(body)
+        }
     }
 }
 

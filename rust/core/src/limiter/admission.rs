@@ -295,6 +295,33 @@ pub fn admit<L: Limit>(
     })
 }
 
+/// The largest output bound reserved (2^40 tokens: past every limit, within a counter).
+pub const OUTPUT_BOUND_CAP: u64 = 1 << 40;
+
+/// The output tokens to reserve for a request: its `max_tokens` (`requested`, as sent), capped
+/// by the model's maximum output (`model_max`, 0 or `None` when unknown); `default` (also
+/// capped) when the request sets none. A bound at or below zero reserves nothing (the provider
+/// refuses it); one past `OUTPUT_BOUND_CAP`, or not a number, reserves the cap (the limit
+/// refuses it).
+pub fn output_bound(requested: Option<f64>, model_max: Option<u64>, default: u64) -> u64 {
+    let model_max = model_max.filter(|&max| max > 0);
+    let Some(requested) = requested else {
+        return model_max.map_or(default, |max| default.min(max));
+    };
+    let wanted = match model_max {
+        Some(max) if requested > max as f64 => max as f64,
+        _ => requested,
+    };
+    if wanted <= 0.0 {
+        0
+    } else if wanted < OUTPUT_BOUND_CAP as f64 {
+        // Truncated toward zero, as Python's `int` does.
+        wanted as u64
+    } else {
+        OUTPUT_BOUND_CAP
+    }
+}
+
 /// The request ended with `usage`: settle what it held at what it used; leases end.
 pub fn settle<L: Limit>(
     limits: &[L],
@@ -653,5 +680,33 @@ mod tests {
         fn reset_text_writes_what_format_wrote(ms in proptest::prop_oneof![0u64..100_000_000, proptest::num::u64::ANY]) {
             proptest::prop_assert_eq!(reset_text(ms), reset_text_reference(ms));
         }
+    }
+
+    #[test]
+    fn the_output_bound_is_max_tokens_within_the_model_maximum() {
+        assert_eq!(output_bound(Some(500.0), Some(4_000), 1_000), 500);
+        assert_eq!(output_bound(Some(9_000.0), Some(4_000), 1_000), 4_000);
+        assert_eq!(output_bound(Some(9_000.0), None, 1_000), 9_000);
+        assert_eq!(output_bound(Some(9_000.0), Some(0), 1_000), 9_000); // 0: unknown
+        assert_eq!(output_bound(Some(10.9), None, 1_000), 10); // truncated, as `int` does
+    }
+
+    #[test]
+    fn without_max_tokens_the_default_is_reserved_within_the_model_maximum() {
+        assert_eq!(output_bound(None, None, 1_000), 1_000);
+        assert_eq!(output_bound(None, Some(400), 1_000), 400);
+        assert_eq!(output_bound(None, Some(0), 1_000), 1_000);
+    }
+
+    #[test]
+    fn out_of_range_bounds_reserve_nothing_or_the_cap() {
+        assert_eq!(output_bound(Some(-5.0), None, 1_000), 0);
+        assert_eq!(output_bound(Some(0.0), Some(4_000), 1_000), 0);
+        assert_eq!(output_bound(Some(1e300), None, 1_000), OUTPUT_BOUND_CAP);
+        assert_eq!(
+            output_bound(Some(f64::INFINITY), None, 1_000),
+            OUTPUT_BOUND_CAP
+        );
+        assert_eq!(output_bound(Some(f64::NAN), None, 1_000), OUTPUT_BOUND_CAP);
     }
 }
