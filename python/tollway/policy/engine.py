@@ -609,7 +609,7 @@ def _estimated_cost(rule: LimitRule, usage: Usage) -> int:
 
 AdmitRequest = Callable[
     [tuple[str | None, ...], Sequence[str], dict[str, float], ServedModel, str, bytes],
-    "Admission | Admitted | Literal[Evaluate.NEEDS_FACTS] | None",
+    "Admitted | Literal[Evaluate.NEEDS_FACTS] | None",
 ]
 
 
