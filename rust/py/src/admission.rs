@@ -1,10 +1,13 @@
-//! `Admitter` and `Holds` for Python: conversions around `tollway_core::limiter::admission`.
+//! `Admitter`, `Admitted` and `Holds` for Python: conversions around
+//! `tollway_core::limiter::admission`.
 //!
 //! `tollway.policy.engine` builds one `Admitter` per configuration over the native limiters of
 //! the memory backend (shared with the engine's Python path, so both see the same counters).
 //! Per request, `admit` takes the matched policies' indices and the request's attributes and
 //! amounts as primitives, makes each policy's partition key, and returns the verdicts (made by
-//! the `PolicyVerdict` class the engine gives) with the headers and the holds.
+//! the `PolicyVerdict` class the engine gives) with the headers and the holds (`evaluate`'s
+//! path). `admit_request` is the request path's whole admission in one call: matching, what the
+//! matched policies need, the prompt count and the amounts too, answering an `Admitted`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -415,8 +418,7 @@ impl Admitter {
     /// arguments: match the request (`attrs` in `PARTITION_ATTRIBUTES` order, `tags`, `params`
     /// the numeric parameters by name), and, when every matched policy is served here, count
     /// its prompt (`raw` in `api`'s format, by `served.counter`, only when a limit needs it),
-    /// work out its
-    /// output bound and cost, and admit it. Returns `None` when no policy matches, an
+    /// work out its output bound and cost, and admit it. Returns `None` when no policy matches, an
     /// `Admitted`, or `needs_facts` when a matched policy needs the whole request: an access
     /// rule, a parameter bound the request sets, an audit or truncating budget, a dollar
     /// budget on an unpriced model.
