@@ -62,10 +62,8 @@ class Served:
         self.counter = self
         self.request = request
 
-    def count_openai_chat(self, body: bytes) -> tuple[int, str]:
+    def count_prompt(self, api: str, body: bytes) -> tuple[int, str]:
         return self.request.prompt_tokens(), "exact"
-
-    count_anthropic_messages = count_openai_chat
 
 
 def admit(engine: PolicyEngine, request: RequestFacts) -> Admission:
@@ -323,10 +321,8 @@ def test_an_admitted_request_settles_once() -> None:
 class _Unreadable:
     """A counter that cannot read any body (as `TokenCounter` raises for a malformed one)."""
 
-    def count_openai_chat(self, body: bytes) -> tuple[int, str]:
+    def count_prompt(self, api: str, body: bytes) -> tuple[int, str]:
         raise TokenCountError("`messages` must be an array")
-
-    count_anthropic_messages = count_openai_chat
 
 
 def test_admit_counts_the_prompt_with_the_served_models_counter() -> None:
@@ -356,6 +352,9 @@ def test_admit_counts_the_prompt_with_the_served_models_counter() -> None:
         admission.release()
         return admission.verdicts[0].requested
 
+    # `count_prompt` is the two counters by the client's API, as the admission counts.
+    assert counter.count_prompt("openai", openai_body) == counter.count_openai_chat(openai_body)
+    assert counter.count_prompt("anthropic", anthropic_body) == counter.count_anthropic_messages(anthropic_body)
     assert reserved(Served(counter), "openai", openai_body) == counter.count_openai_chat(openai_body)[0] > 0
     expected = counter.count_anthropic_messages(anthropic_body)[0]
     assert expected != counter.count_openai_chat(openai_body)[0]

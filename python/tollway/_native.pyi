@@ -190,6 +190,9 @@ class TokenCounter:
         """
     def count_anthropic_messages(self, body: bytes) -> tuple[int, str]:
         """Prompt tokens of an Anthropic Messages request body; always `"approximate"`."""
+    def count_prompt(self, api: str, body: bytes) -> tuple[int, str]:
+        """Prompt tokens of a request body in the client's `api` format: `anthropic` is
+        `count_anthropic_messages`, any other `count_openai_chat`."""
     def stream(self) -> StreamTokenCounter:
         """A fresh running counter for one streamed answer."""
 

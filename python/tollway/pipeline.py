@@ -46,7 +46,7 @@ from tollway.usage.record import Attempt, UsageRecord
 
 if TYPE_CHECKING:
     from tollway._native import Admitted
-    from tollway.policy.engine import Admission
+    from tollway.policy.engine import Admission, AdmitRequest
     from tollway.server.app import Gateway, Runtime
 
 log = logging.getLogger("tollway")
@@ -279,8 +279,8 @@ class ModelRequest:
         rec.provider, rec.upstream_model = primary.provider, primary.model
         policies = self.rt.policies
         if policies.compiled.policies:
-            if policies.in_process:
-                admission = self._admit(identity, parsed, primary)
+            if policies.admit is not None:  # the backend answers in process: no coroutine
+                admission = self._admit(policies.admit, identity, parsed, primary)
             else:
                 admission = await policies.evaluate_async(self._facts(identity, parsed, primary))
             if admission is not None:
@@ -292,12 +292,14 @@ class ModelRequest:
                     self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
         await self._attempts(plan, parsed)
 
-    def _admit(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> Admission | Admitted | None:
-        """The admission by policies whose state is in process: the request's attributes as a
-        tuple (one native call decides most requests), and the whole `RequestFacts` made only
-        when a matched policy needs it."""
-        policies, rec = self.rt.policies, self.record
-        admission = policies.admit(
+    def _admit(
+        self, admit: AdmitRequest, identity: Identity, parsed: ParsedRequest, primary: Target
+    ) -> Admission | Admitted | None:
+        """The admission by policies whose state is in process (`admit`: the engine's): the
+        request's attributes as a tuple (one native call decides most requests), and the whole
+        `RequestFacts` made only when a matched policy needs it."""
+        rec = self.record
+        admission = admit(
             (
                 identity.key_name,
                 identity.team,
@@ -315,7 +317,7 @@ class ModelRequest:
             parsed.raw,
         )
         if admission is NEEDS_FACTS:
-            return policies.evaluate(self._facts(identity, parsed, primary))
+            return self.rt.policies.evaluate(self._facts(identity, parsed, primary))
         return admission
 
     def _facts(self, identity: Identity, parsed: ParsedRequest, primary: Target) -> RequestFacts:

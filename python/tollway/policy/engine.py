@@ -108,11 +108,10 @@ _NUMERIC_PARAMS = ("max_tokens", "n", "temperature", "top_p")
 
 
 class PromptCounter(Protocol):
-    """Counts a request body's prompt tokens: `(tokens, exactness)` (a `TokenCounter`)."""
+    """Counts a request body's prompt tokens in the client's API format: `(tokens, exactness)`
+    (a `TokenCounter`)."""
 
-    def count_openai_chat(self, body: bytes, /) -> tuple[int, str]: ...
-
-    def count_anthropic_messages(self, body: bytes, /) -> tuple[int, str]: ...
+    def count_prompt(self, api: str, body: bytes, /) -> tuple[int, str]: ...
 
 
 class ServedModel(Protocol):
@@ -624,8 +623,9 @@ class PolicyEngine:
     # (an `Admitted`), or `NEEDS_FACTS` when a matched policy needs the whole request: an
     # access rule, a parameter bound the request sets, an audit or truncating budget, a dollar
     # budget on an unpriced model; the caller then `evaluate`s its `RequestFacts`. Same
-    # decisions as `evaluate` (`tests/test_policy_native.py`).
-    admit: AdmitRequest
+    # decisions as `evaluate` (`tests/test_policy_native.py`). `None` with a backend outside
+    # the process: then `evaluate_async` decides every request.
+    admit: AdmitRequest | None
 
     def __init__(
         self,
@@ -645,12 +645,9 @@ class PolicyEngine:
         self._native_rules = [rule for policy in self.compiled.policies for rule in policy.limits]
         self._native_clock = self.backend.clock if isinstance(self.backend, MemoryBackend) else clock
         self._native = self._admitter()
-        self.admit = self._native.admit_request if self._native is not None else self._admit_elsewhere
+        self.admit = self._native.admit_request if self._native is not None else None
         # What each distinct set of matched policies needs (`_select`), by the matched indices.
         self._selections: dict[tuple[int, ...], _Selection] = {}
-        # Whether `evaluate` serves every request (the backend answers in process), sparing
-        # the request path a coroutine.
-        self.in_process = isinstance(self.backend, MemoryBackend)
 
     def _admitter(self) -> Admitter | None:
         """The native admission of the limit rules, over the memory backend's limiters."""
@@ -721,18 +718,6 @@ class PolicyEngine:
 
     def _matches(self, matcher: PolicySet, params: list[str], facts: RequestFacts) -> tuple[int, ...]:
         return matcher.match_attrs(facts.attrs(), facts.tags, [facts.params.get(p) for p in params])
-
-    @staticmethod
-    def _admit_elsewhere(
-        attrs: tuple[str | None, ...],
-        tags: Sequence[str],
-        params: dict[str, float],
-        served: ServedModel,
-        api: str,
-        raw_body: bytes,
-    ) -> Literal[Evaluate.NEEDS_FACTS]:
-        """`admit` with a backend outside the process: `evaluate_async` decides every request."""
-        return NEEDS_FACTS
 
     def evaluate(self, facts: RequestFacts) -> Admission:
         """Evaluate with a backend that answers in process (the memory backend); a request

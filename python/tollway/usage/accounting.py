@@ -114,10 +114,7 @@ class ModelAccounting:
         """Prompt tokens of a request body in the client's API format (on the request path when
         a policy reserves prompt tokens); a body the counter cannot read counts 0, estimated."""
         try:
-            if api == "anthropic":
-                tokens, exactness = self.counter.count_anthropic_messages(raw_body)
-            else:
-                tokens, exactness = self.counter.count_openai_chat(raw_body)
+            tokens, exactness = self.counter.count_prompt(api, raw_body)
         except TokenCountError:
             return 0, "estimated"
         return tokens, "counted" if exactness == "exact" and self.known_tokenizer else "estimated"

@@ -505,10 +505,7 @@ impl Admitter {
                 }
             }
         }
-        let now = match &path.clock {
-            Some(clock) => clock.bind(py).call0()?.extract::<f64>()?,
-            None => system_now(),
-        };
+        let now = this.now(py)?;
         // The verdicts of the checks (all passed: the request sets no bounded parameter),
         // then those of the limits.
         let verdicts = PyList::empty(py);
@@ -540,8 +537,10 @@ impl Admitter {
             verdicts: verdicts.unbind(),
             headers: PyList::new(py, headers)?.unbind(),
             denied,
-            admitter: slf.clone().unbind(),
-            held: Mutex::new(ran.held),
+            holds: Holds {
+                admitter: slf.clone().unbind(),
+                held: Mutex::new(ran.held),
+            },
         };
         Ok(Bound::new(py, admitted)?.into_any())
     }
@@ -551,42 +550,23 @@ impl Admitter {
     }
 }
 
-/// Prompt tokens of the request body `raw` in `api`'s format (`openai` or `anthropic`), by the
-/// served model's counter: a `TokenCounter`, counted here, or any object with its
-/// `count_openai_chat` and `count_anthropic_messages`. A body the counter cannot read counts 0,
-/// as in `ModelAccounting.count_prompt`.
+/// Prompt tokens of the request body `raw` in `api`'s format, by the served model's counter: a
+/// `TokenCounter`, counted here, or any object with its `count_prompt`. A body the counter
+/// cannot read counts 0, as in `ModelAccounting.count_prompt`.
 fn prompt_tokens(counter: &Bound<'_, PyAny>, api: &str, raw: &Bound<'_, PyAny>) -> PyResult<u64> {
     let py = counter.py();
-    let anthropic = api == "anthropic";
     if let Ok(native) = counter.cast::<TokenCounter>() {
-        let format = if anthropic {
-            Api::Anthropic
-        } else {
-            Api::OpenAi
-        };
         let body = raw.cast::<PyBytes>()?.as_bytes();
         return Ok(native
             .get()
-            .prompt(py, format, body)
+            .prompt(py, Api::from_name(api), body)
             .map_or(0, |count| count.tokens));
     }
-    let method = if anthropic {
-        intern!(py, "count_anthropic_messages")
-    } else {
-        intern!(py, "count_openai_chat")
-    };
-    match counter.call_method1(method, (raw,)) {
+    match counter.call_method1(intern!(py, "count_prompt"), (api, raw)) {
         Ok(counted) => counted.get_item(0)?.extract(),
         Err(err) if err.is_instance_of::<TokenCountError>(py) => Ok(0),
         Err(err) => Err(err),
     }
-}
-
-/// Seconds since the epoch, by the system clock.
-fn system_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 /// `x-tollway-shadow-deny`: the shadow policies that would have denied, sorted, once each.
@@ -611,6 +591,16 @@ fn shadow_header<'py>(
 }
 
 impl Admitter {
+    /// Now, in epoch seconds: by the memory backend's clock when it was given, else the system's.
+    fn now(&self, py: Python<'_>) -> PyResult<f64> {
+        match self.path.as_ref().and_then(|path| path.clock.as_ref()) {
+            Some(clock) => clock.bind(py).call0()?.extract(),
+            None => Ok(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |elapsed| elapsed.as_secs_f64())),
+        }
+    }
+
     /// The limit rules of the policies `matched` (indices, in order) for one request: their
     /// verdicts appended to `verdicts`, and the rest of the admission.
     fn run<'py>(
@@ -906,22 +896,37 @@ impl Holds {
             reasoning_tokens: reasoning,
             cost,
         };
-        let held = std::mem::take(&mut *lock(&self.held));
-        let admitter = self.admitter.get();
-        core::settle(&admitter.limits, &admitter.rules, &held, &usage, now);
+        self.settle_at(&usage, now);
         Ok(())
     }
 
     /// The request ended without a model call: give back everything it holds.
     fn release(&self, now: f64) -> PyResult<()> {
-        let now = now_ms(Some(now))?;
-        let held = std::mem::take(&mut *lock(&self.held));
-        core::release(&self.admitter.get().limits, &held, now);
+        self.release_at(now_ms(Some(now))?);
         Ok(())
     }
 
     fn __len__(&self) -> usize {
         lock(&self.held).len()
+    }
+}
+
+impl Holds {
+    /// Settle what is held at `usage` (once: what is settled is no longer held).
+    fn settle_at(&self, usage: &Usage, now_ms: u64) {
+        let held = std::mem::take(&mut *lock(&self.held));
+        let admitter = self.admitter.get();
+        core::settle(&admitter.limits, &admitter.rules, &held, usage, now_ms);
+    }
+
+    /// Give back what is held (once).
+    fn release_at(&self, now_ms: u64) {
+        let held = std::mem::take(&mut *lock(&self.held));
+        core::release(&self.admitter.get().limits, &held, now_ms);
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.held).is_empty()
     }
 }
 
@@ -938,22 +943,13 @@ pub struct Admitted {
     /// The error the request is refused with (`ApiError`), or `None`.
     #[pyo3(get)]
     denied: Py<PyAny>,
-    admitter: Py<Admitter>,
-    held: Mutex<Vec<(usize, ReservationId)>>,
+    holds: Holds,
 }
 
 impl Admitted {
+    /// Now, in ms, by the admitter's clock.
     fn now_ms(&self, py: Python<'_>) -> PyResult<u64> {
-        match self
-            .admitter
-            .get()
-            .path
-            .as_ref()
-            .and_then(|p| p.clock.as_ref())
-        {
-            Some(clock) => now_ms(Some(clock.bind(py).call0()?.extract()?)),
-            None => now_ms(None),
-        }
+        now_ms(Some(self.holds.admitter.get().now(py)?))
     }
 }
 
@@ -977,8 +973,7 @@ impl Admitted {
     /// nothing the second time.
     fn settle(&self, usage: &Bound<'_, PyAny>, cost_micro_usd: Option<u64>) -> PyResult<()> {
         let py = usage.py();
-        let held = std::mem::take(&mut *lock(&self.held));
-        if held.is_empty() {
+        if self.holds.is_empty() {
             return Ok(());
         }
         let usage = Usage {
@@ -988,29 +983,20 @@ impl Admitted {
             reasoning_tokens: usage.getattr(intern!(py, "reasoning_tokens"))?.extract()?,
             cost: cost_micro_usd,
         };
-        let admitter = self.admitter.get();
-        core::settle(
-            &admitter.limits,
-            &admitter.rules,
-            &held,
-            &usage,
-            self.now_ms(py)?,
-        );
+        self.holds.settle_at(&usage, self.now_ms(py)?);
         Ok(())
     }
 
     /// The request ended without a model call: give back everything it holds.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
-        let held = std::mem::take(&mut *lock(&self.held));
-        if held.is_empty() {
-            return Ok(());
+        if !self.holds.is_empty() {
+            self.holds.release_at(self.now_ms(py)?);
         }
-        core::release(&self.admitter.get().limits, &held, self.now_ms(py)?);
         Ok(())
     }
 
     /// How many reservations and leases it holds.
     fn __len__(&self) -> usize {
-        lock(&self.held).len()
+        lock(&self.holds.held).len()
     }
 }

@@ -40,6 +40,17 @@ pub(crate) enum Api {
     Anthropic,
 }
 
+impl Api {
+    /// The format of a client's API by name: `anthropic`, else OpenAI's (chat completions).
+    pub(crate) fn from_name(api: &str) -> Self {
+        if api == "anthropic" {
+            Api::Anthropic
+        } else {
+            Api::OpenAi
+        }
+    }
+}
+
 /// A tokenizer chosen once (from configuration or the pricing catalog), used per request.
 #[pyclass(frozen, module = "tollway._native")]
 pub struct TokenCounter {
@@ -112,6 +123,19 @@ impl TokenCounter {
         body: &[u8],
     ) -> PyResult<(u64, &'static str)> {
         self.prompt(py, Api::Anthropic, body)
+            .map(pair)
+            .map_err(token_error)
+    }
+
+    /// Prompt tokens of a request body in the format of the client's `api` (`anthropic`, else
+    /// OpenAI's): `count_anthropic_messages` or `count_openai_chat`.
+    fn count_prompt(
+        &self,
+        py: Python<'_>,
+        api: &str,
+        body: &[u8],
+    ) -> PyResult<(u64, &'static str)> {
+        self.prompt(py, Api::from_name(api), body)
             .map(pair)
             .map_err(token_error)
     }
