@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,6 +168,20 @@ def raise_open_files_limit(wanted: int = 16384) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+@contextlib.contextmanager
+def running_hostile(tmp_path_factory: Any) -> Iterator[Server]:
+    """The misbehaving provider for a test module; its bombs are cached for the whole session.
+    The open-files limit is raised first: it inherits it, and so do gateways started later."""
+    cache = tmp_path_factory.getbasetemp() / "hostile-bombs"
+    cache.mkdir(exist_ok=True)
+    raise_open_files_limit()
+    server = start_hostile(cache)
+    try:
+        yield server
+    finally:
+        stop(server.proc, timeout=5)
+
+
 # -- the upstream's statistics ----------------------------------------------------------------------
 def stats(upstream: Server) -> dict[str, Any]:
     return upstream.get_json("/_hostile/stats")
@@ -191,11 +205,11 @@ def connection_of(upstream: Server, nonce: str) -> int:
 
 
 def poll(what: str, probe: Callable[[], T | None], deadline_s: float, interval_s: float = 0.02) -> T:
-    """`probe()` until it returns something other than None (or False), within a deadline."""
+    """`probe()` until it returns something true, within a deadline; that value."""
     deadline = time.monotonic() + deadline_s
     while True:
         value = probe()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {deadline_s:g}s")
@@ -268,12 +282,30 @@ def open_raw(gw: Server, request: bytes, rcvbuf: int | None = None) -> socket.so
     """A client socket that has sent `request` (with a small receive buffer if asked, so that
     the kernel holds little of what the gateway sends)."""
     sock = socket.socket()
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", gw.port))
-    sock.sendall(request)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(request)
+    except BaseException:
+        sock.close()
+        raise
     return sock
+
+
+@contextlib.contextmanager
+def raw_clients(gw: Server, requests: Iterable[bytes]) -> Iterator[list[socket.socket]]:
+    """One client socket per request, all sent; every one is closed when the block ends (the
+    clients disconnect together)."""
+    socks: list[socket.socket] = []
+    try:
+        for request in requests:
+            socks.append(open_raw(gw, request))
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 # -- verdicts on a reply -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, stop
+from conftest import Server
 from gateway_support import ADMIN_KEY
 from hostile_support import (
     assert_clean_error,
@@ -24,11 +24,11 @@ from hostile_support import (
     nonce,
     open_raw,
     poll,
-    raise_open_files_limit,
+    raw_clients,
     raw_request,
     reset,
+    running_hostile,
     scenario_stats,
-    start_hostile,
 )
 
 POOL = 32
@@ -37,12 +37,8 @@ CLIENTS = 1000
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cache = tmp_path_factory.getbasetemp() / "hostile-bombs"
-    cache.mkdir(exist_ok=True)
-    raise_open_files_limit()  # before the provider and the gateways start: they inherit it
-    server = start_hostile(cache)
-    yield server
-    stop(server.proc, timeout=5)
+    with running_hostile(tmp_path_factory) as server:
+        yield server
 
 
 def statuses(gw: Server, model: str) -> dict[int, int]:
@@ -67,15 +63,11 @@ def test_clients_that_left_cost_no_upstream_request(hostile: Server, tmp_path: P
     for callers who have all left."""
     with hostile_gateway(hostile, tmp_path, max_connections_per_host=POOL, first_byte=60, total=120) as gw:
         reset(hostile)
-        socks = [open_raw(gw, raw_request(gw, "hold", nonce("gone"))) for _ in range(CLIENTS)]
-        try:
+        with raw_clients(gw, (raw_request(gw, "hold", nonce("gone")) for _ in range(CLIENTS))):
             poll(f"{POOL} requests in flight", lambda: scenario_stats(hostile, "hold")["requests"] >= POOL, 10)
             time.sleep(2.0)  # the clients wait a while, as people do, before giving up
             in_flight = scenario_stats(hostile, "hold")["requests"]
             assert in_flight == POOL, f"{in_flight} requests sent over a pool of {POOL}"
-        finally:
-            for sock in socks:
-                sock.close()
         left_at = time.monotonic()
         poll(
             "the provider sees the in-flight connections closed",

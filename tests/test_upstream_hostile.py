@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, stop
+from conftest import Server
 from hostile_support import (
     ALICE_KEY,
     BOB_KEY,
@@ -36,8 +36,8 @@ from hostile_support import (
     nonce,
     poll,
     reset,
+    running_hostile,
     scenario_stats,
-    start_hostile,
 )
 
 FIRST_BYTE_S = 3.0
@@ -45,11 +45,8 @@ FIRST_BYTE_S = 3.0
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cache = tmp_path_factory.getbasetemp() / "hostile-bombs"
-    cache.mkdir(exist_ok=True)
-    server = start_hostile(cache)
-    yield server
-    stop(server.proc, timeout=5)
+    with running_hostile(tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture
@@ -129,7 +126,7 @@ def test_late_second_answer_closes_the_idle_connection(gateway_one_conn: Server,
     # that reads idle connections does so within microseconds); not asserted here, the outcome
     # for bob is.
     with contextlib.suppress(AssertionError):
-        poll("the connection closed", lambda: scenario_stats(hostile, "double-response-late")["peer_closed"], 1)
+        poll("the connection closed", lambda: scenario_stats(hostile, "double-response-late")["peer_closed"] >= 1, 1)
     bob = nonce("bob")
     reply = chat(gw, "ok", bob, key=BOB_KEY, stream=stream)
     assert alice.encode() not in reply.body, f"bob received alice's answer: {reply.body[:300]!r}"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOB_KEY, Server, stop
+from conftest import BOB_KEY, Server
 from hostile_support import (
     MIB,
     PeakGrowth,
@@ -34,12 +34,12 @@ from hostile_support import (
     nonce,
     open_raw,
     poll,
-    raise_open_files_limit,
+    raw_clients,
     raw_request,
     reset,
     rss,
+    running_hostile,
     scenario_stats,
-    start_hostile,
     worker_pid,
 )
 
@@ -50,12 +50,8 @@ FIREHOSE_BYTES = 200_000_000
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cache = tmp_path_factory.getbasetemp() / "hostile-bombs"
-    cache.mkdir(exist_ok=True)
-    raise_open_files_limit()  # before the provider starts: it inherits the limit
-    server = start_hostile(cache)
-    yield server
-    stop(server.proc, timeout=5)
+    with running_hostile(tmp_path_factory) as server:
+        yield server
 
 
 def warm_up(gw: Server) -> None:
@@ -247,7 +243,6 @@ def test_memory_returns_after_a_thousand_streams_disconnect(hostile: Server, tmp
     one loads the tokenizer that counts what a departed client was sent: about 70 MiB, once).
 
     Today: 108 -> 158 MiB (+46%), and each further round of 1,000 adds about 10 MiB."""
-    raise_open_files_limit()
     with hostile_gateway(hostile, tmp_path, max_connections_per_host=1024, idle=10) as gw:
         pid = worker_pid(gw)
         warm_up(gw)
@@ -264,11 +259,8 @@ def test_memory_returns_after_a_thousand_streams_disconnect(hostile: Server, tmp
 def streams_leave_together(gw: Server, hostile: Server, n: int) -> None:
     """`n` streams open at once and running (a chunk every 200 ms); then every client closes."""
     reset(hostile)
-    socks = [open_raw(gw, raw_request(gw, "trickle", f"{nonce('s')} count=150 every=200")) for _ in range(n)]
-    try:
+    requests = (raw_request(gw, "trickle", f"{nonce('s')} count=150 every=200") for _ in range(n))
+    with raw_clients(gw, requests):
         poll(f"{n} streams reach the provider", lambda: scenario_stats(hostile, "trickle")["requests"] == n, 20)
         time.sleep(1.0)  # the streams run for a while: chunks flow to every client
-    finally:
-        for sock in socks:
-            sock.close()
     poll(f"the provider sees {n} closes", lambda: scenario_stats(hostile, "trickle")["peer_closed"] == n, 20)
