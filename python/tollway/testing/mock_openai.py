@@ -15,7 +15,8 @@ behaviour, so one server covers every test:
 | `slow-stream`    | 100 events, 50 ms apart (client-disconnect tests)                      |
 | `not-json`       | 200 with a body that is not JSON                                       |
 
-Inspection endpoints: `GET /_mock/last` (headers and body of the last chat request) and
+Inspection endpoints: `GET /_mock/last` (headers, body and HTTP version, as `"1.1"` or `"2"`, of
+the last chat, embeddings or responses request) and
 `GET /_mock/stats` (streams started, completed and aborted by the peer).
 """
 
@@ -56,9 +57,9 @@ class MockOpenAI:
         if path == "/v1/chat/completions" and scope.method == "POST":
             await self.chat(scope, proto)
         elif path == "/v1/embeddings" and scope.method == "POST":
-            await self.embeddings(proto)
+            await self.embeddings(scope, proto)
         elif path == "/v1/responses" and scope.method == "POST":
-            await self.responses(proto)
+            await self.responses(scope, proto)
         elif path == "/v1/models":
             body = orjson.dumps(
                 {"object": "list", "data": [{"id": "gpt-mock", "object": "model", "created": 0, "owned_by": "mock"}]}
@@ -74,7 +75,11 @@ class MockOpenAI:
     async def chat(self, scope: Any, proto: Any) -> None:
         raw = await proto()
         self.stats["requests"] += 1
-        self.last = {"headers": {k: v for k, v in scope.headers.items()}, "body": raw.decode("utf-8", "replace")}
+        self.last = {
+            "headers": {k: v for k, v in scope.headers.items()},
+            "body": raw.decode("utf-8", "replace"),
+            "http_version": scope.http_version,
+        }
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -122,9 +127,9 @@ class MockOpenAI:
         }
         proto.response_bytes(200, [*JSON_HEADERS, ("x-request-id", "upstream-req-1")], orjson.dumps(payload))
 
-    async def embeddings(self, proto: Any) -> None:
+    async def embeddings(self, scope: Any, proto: Any) -> None:
         raw = await proto()
-        self.last = {"headers": {}, "body": raw.decode("utf-8", "replace")}
+        self.last = {"headers": {}, "body": raw.decode("utf-8", "replace"), "http_version": scope.http_version}
         body = orjson.loads(raw)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         tokens = sum(len(str(i).split()) for i in inputs)
@@ -136,10 +141,10 @@ class MockOpenAI:
         }
         proto.response_bytes(200, JSON_HEADERS, orjson.dumps(payload))
 
-    async def responses(self, proto: Any) -> None:
+    async def responses(self, scope: Any, proto: Any) -> None:
         """OpenAI's Responses API: the answer, or its event stream."""
         raw = await proto()
-        self.last = {"headers": {}, "body": raw.decode("utf-8", "replace")}
+        self.last = {"headers": {}, "body": raw.decode("utf-8", "replace"), "http_version": scope.http_version}
         body = orjson.loads(raw)
         words = len(str(body.get("input", "")).split())
         usage = {
