@@ -80,8 +80,8 @@ fuzz: ## fuzz the SSE parser for FUZZ_SECONDS (installs cargo-fuzz; uses nightly
 		RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none sse_chunking -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024; \
 	fi
 
-loadtest: build ## locust against the quickstart (start `make run` first)
-	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 32 -r 8 -t 30s --host http://127.0.0.1:8080
+loadtest: build ## locust scenarios (chat, stream, policies) against a mock upstream, held to latency budgets (loadtests/README.md)
+	$(PY) loadtests/run.py
 
 clean: ## remove build outputs and the virtualenv
 	rm -rf $(VENV) target .pytest_cache
