@@ -39,8 +39,8 @@ run: build ## install, build and serve the quickstart on 127.0.0.1:8080
 
 test: build test-rust test-python ## install, build and run every test
 
-test-rust: ## cargo test for the native core
-	cargo test -p tollway-core --quiet
+test-rust: ## cargo test for the native core and the upstream transport
+	cargo test -p tollway-core -p tollway-net --quiet
 
 test-python: ## pytest (starts real gateway and mock upstream processes)
 	$(PY) -m pytest -q

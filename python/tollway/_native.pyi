@@ -557,3 +557,112 @@ def output_bound(requested: float | None, model_max: int | None, default: int) -
 
 def reset_text(ms: int) -> str:
     """OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.25s`."""
+
+# -- the upstream transport (`rust/net`, `rust/py/src/upstream.rs`) ----------------------------
+
+@final
+class Transport:
+    """One provider's way out: hyper's pooled HTTP/1.1 and HTTP/2 client, TLS (rustls: the
+    system's roots plus `ca_pem`, a client certificate), a proxy (`None`: the environment's
+    `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`; `"none"`: direct; else an `http://host:port` URL),
+    at most `max_connections` requests in flight per origin, response heads of at most
+    `max_header_bytes`. Raises `tollway.errors.ConfigError` for what it cannot use."""
+
+    def __init__(
+        self,
+        *,
+        http2: bool,
+        connect_timeout: float,
+        max_connections: int,
+        max_header_bytes: int,
+        ca_pem: bytes | None = None,
+        client_cert_pem: bytes | None = None,
+        client_key_pem: bytes | None = None,
+        proxy: str | None = None,
+        proxy_username: str | None = None,
+        proxy_password: str | None = None,
+    ) -> None: ...
+    def endpoint(self, url: str) -> Endpoint: ...
+    @staticmethod
+    def check_proxy(url: str, username: str | None = None, password: str | None = None) -> None: ...
+    @staticmethod
+    def check_tls(
+        ca_pem: bytes | None = None, client_cert_pem: bytes | None = None, client_key_pem: bytes | None = None
+    ) -> None: ...
+    @staticmethod
+    def system_root_count() -> int: ...
+
+@final
+class Endpoint:
+    """A URL requests are sent to, resolved once by its `Transport`."""
+
+    @property
+    def url(self) -> str: ...
+
+@final
+class Upstream:
+    """A worker's bridge between its event loop and the upstream runtime thread: register
+    `loop.add_reader(upstream.fileno(), upstream.drain)` once."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> None: ...
+    def request(
+        self,
+        future: Any,
+        endpoint: Endpoint,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        first_byte: float,
+        idle: float,
+        total: float,
+        max_body_bytes: int,
+        max_ratio: int,
+        *,
+        stream: int = 0,
+        stream_bound: int = 262144,
+        strip_usage: bool = False,
+        max_line_bytes: int = 1048576,
+        caller: tuple[int, str, int] | None = None,
+    ) -> UpstreamCall:
+        """Send a POST; `future` receives `(status, headers, body, pool_wait_s)` (`body`: `bytes`,
+        or an `UpstreamStream` for a successful answer asked for as a stream) or a
+        `tollway.errors.TransportError`. Raises `ValueError` for a header that cannot be sent."""
+    def wait(self, future: Any, stream: UpstreamStream) -> None: ...
+
+@final
+class UpstreamCall:
+    def cancel(self) -> None: ...
+
+@final
+class UpstreamStream:
+    """A successful answer being streamed, framed natively."""
+
+    def take(self) -> Any:
+        """`bytes`, a list of `SseEvent` or of `EventStreamMessage`; `None` when nothing is ready
+        (then see `ended`); raises the `TransportError` that ended the stream."""
+    @property
+    def ended(self) -> bool: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def usage_json(self) -> str | None: ...
+    @property
+    def pending_text_bytes(self) -> int: ...
+    def take_output_text(self) -> str: ...
+    def close(self) -> None: ...
+    @property
+    def partial_message_bytes(self) -> int: ...
+
+@final
+class ClientSocket:
+    """A client's TCP connection to this process, for pacing a stream to a slow reader."""
+
+    @staticmethod
+    def find(local_port: int, peer_ip: str, peer_port: int) -> ClientSocket | None: ...
+    def state(self) -> tuple[int, int] | None:
+        """`(written, queued)` bytes of the socket, or `None` once it closed."""
+
+def release_memory() -> bool:
+    """Give memory the allocator holds free back to the system (glibc's `malloc_trim`);
+    whether anything was released. A no-op elsewhere."""

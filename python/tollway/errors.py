@@ -54,6 +54,23 @@ class UpstreamError(TollwayError):
     """An upstream provider call failed; `kind` says how (see `tollway.upstream`)."""
 
 
+class TransportError(UpstreamError):
+    """How the native upstream client's exchange failed (`tollway._native.Upstream`): `kind`, a
+    `FailureKind` value (`unreachable`, `timeout`, `bad_response`, `broken_stream`), and
+    `detail`, a message that follows "provider `NAME` " (it never holds a header value, a body
+    or a credential). `tollway.upstream` turns it into an `UpstreamError` with its `Failure`."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(kind, detail)
+        self.kind = kind
+        self.detail = detail
+
+
+class CallerGone(TollwayError):
+    """The gateway's own client left while its request waited for a connection to the provider:
+    the request was not sent (nobody would read the answer)."""
+
+
 class TranslationError(TollwayError, ValueError):
     """A request the chosen provider's API cannot express (a feature it lacks, such as a tool type
     or an input kind), or an answer the client's API cannot express. Never a silent change of

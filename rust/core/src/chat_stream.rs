@@ -47,9 +47,10 @@ const USAGE_NULL: &[u8] = b",\"usage\":null";
 /// By default keep at most this much unread chunk data per stream (far above any real answer).
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
 
-/// Room reserved for the forwarded bytes at a stream's first chunk: a short answer's stream
-/// (a hundred events of OpenAI's chunks is about 18 KB).
-const INITIAL_PENDING_BYTES: usize = 16 << 10;
+/// Room reserved for the forwarded bytes at a stream's first chunk (a few events; the buffer
+/// grows from there). Small, as a gateway holds thousands of streams open at once: 16 KiB each
+/// was 16 MiB for a thousand streams that had sent a few hundred bytes.
+const INITIAL_PENDING_BYTES: usize = 2 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatStreamError {
@@ -175,6 +176,12 @@ impl OpenAIChatStream {
     /// bytes reached their cap.
     pub fn dropped_text_bytes(&self) -> u64 {
         self.dropped
+    }
+
+    /// Bytes forwarded and not yet read by [`OpenAIChatStream::take_output_text`] (a caller
+    /// keeping memory bounded reads the text out once this grows).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
     }
 
     /// The output text of the chunks forwarded since the last call, appended to `text`.

@@ -2,6 +2,7 @@
 
 use pyo3::PyErr;
 use tollway_core::{chat_stream, eventstream, limiter, policy, sse, tokens};
+use tollway_net::NetError;
 
 pyo3::import_exception!(tollway.errors, PolicyError);
 pyo3::import_exception!(tollway.errors, SseError);
@@ -11,6 +12,8 @@ pyo3::import_exception!(tollway.errors, TokenizerError);
 pyo3::import_exception!(tollway.errors, TokenCountError);
 pyo3::import_exception!(tollway.errors, LimiterConfigError);
 pyo3::import_exception!(tollway.errors, LimiterFullError);
+pyo3::import_exception!(tollway.errors, ConfigError);
+pyo3::import_exception!(tollway.errors, TransportError);
 
 /// A total match: a new core error variant must be given its Python exception here.
 pub fn sse_error(err: sse::SseError) -> PyErr {
@@ -72,4 +75,15 @@ pub fn eventstream_error(err: eventstream::EventStreamError) -> PyErr {
             EventStreamError::new_err(err.to_string())
         }
     }
+}
+
+/// A transport's configuration it cannot be built from: `ConfigError([message])`.
+pub fn config_error(err: tollway_net::ConfigError) -> PyErr {
+    ConfigError::new_err((vec![err.0],))
+}
+
+/// How an upstream exchange failed: `TransportError(kind, message)`, the kind decided by the
+/// net crate's total match (`NetError::kind`).
+pub fn transport_error(err: NetError) -> PyErr {
+    TransportError::new_err((err.kind().as_str(), err.to_string()))
 }

@@ -70,6 +70,12 @@ impl EventStreamMessage {
     }
 }
 
+impl EventStreamMessage {
+    pub(crate) fn from_core(inner: core::Message) -> Self {
+        Self { inner }
+    }
+}
+
 /// An incremental AWS event-stream decoder, one per stream. Frozen; its state sits behind an
 /// uncontended mutex, as for `SseParser`.
 #[pyclass(frozen, module = "tollway._native")]

@@ -14,6 +14,7 @@ mod limiter;
 mod policy;
 mod sse;
 mod tokens;
+mod upstream;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -36,6 +37,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sse::SseParser>()?;
     m.add_class::<tokens::TokenCounter>()?;
     m.add_class::<tokens::StreamTokenCounter>()?;
+    m.add_class::<upstream::Transport>()?;
+    m.add_class::<upstream::Endpoint>()?;
+    m.add_class::<upstream::Upstream>()?;
+    m.add_class::<upstream::UpstreamCall>()?;
+    m.add_class::<upstream::UpstreamStream>()?;
+    m.add_class::<upstream::ClientSocket>()?;
+    m.add_function(wrap_pyfunction!(upstream::release_memory, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -147,7 +147,7 @@ impl SseEvent {
     }
 }
 
-fn to_py(py: Python<'_>, events: Vec<core::Event>) -> Vec<SseEvent> {
+pub(crate) fn events_to_py(py: Python<'_>, events: Vec<core::Event>) -> Vec<SseEvent> {
     events
         .iter()
         .map(|e| SseEvent::from_ref(py, e.as_ref()))
@@ -187,7 +187,7 @@ impl SseParser {
     fn feed(&self, py: Python<'_>, chunk: &[u8]) -> PyResult<Vec<SseEvent>> {
         if chunk.len() >= DETACH_THRESHOLD {
             let events = py.detach(|| self.lock().feed(chunk)).map_err(sse_error)?;
-            return Ok(to_py(py, events));
+            return Ok(events_to_py(py, events));
         }
         // Each event's strings go straight from the parser's borrowed event to Python.
         let mut events = Vec::new();
@@ -203,7 +203,7 @@ impl SseParser {
     /// and reset for the event source's next response; the result is always empty.
     fn finish(&self, py: Python<'_>) -> PyResult<Vec<SseEvent>> {
         let events = self.lock().finish().map_err(sse_error)?;
-        Ok(to_py(py, events))
+        Ok(events_to_py(py, events))
     }
 
     /// The last event id as of the last dispatch: what a client sends as `Last-Event-ID`.
