@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,17 @@ def key_hash(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
+# Processes whose output goes to a file rather than a pipe (`start_gateway`): `stop` reads it there.
+_OUTPUT_FILES: weakref.WeakKeyDictionary[subprocess.Popen[bytes], Path] = weakref.WeakKeyDictionary()
+
+
 def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], deadline_s: float = 20.0) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out = proc.stdout.read().decode() if proc.stdout else ""
+            if proc in _OUTPUT_FILES:
+                out = _OUTPUT_FILES[proc].read_text(errors="replace")
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready:\n{out}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -83,6 +90,8 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> str:
             else:
                 proc.kill()
             proc.wait(5)
+    if proc in _OUTPUT_FILES:
+        return _OUTPUT_FILES[proc].read_text(errors="replace")
     if proc.stdout is None or proc.stdout.closed:
         return ""  # stopped before, and its output read then
     out = proc.stdout.read().decode(errors="replace")
@@ -95,6 +104,8 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes]
     output: list[str] = field(default_factory=list)
+    # Where its output goes, for processes that write to a file (`start_gateway`).
+    log: Path | None = None
 
     @property
     def url(self) -> str:
@@ -141,19 +152,30 @@ def start_mock_providers() -> Server:
 
 
 def start_gateway(config_text: str, tmp: Path, env: dict[str, str] | None = None) -> Server:
+    """`tollway serve` on a free port. Its output goes to a file next to its config (`stop`
+    returns it): a pipe nobody reads until the end holds 64 KiB, and a gateway that logs more
+    (a line per client that left a stream) would block writing to it and stop serving. A gateway
+    that does not start is stopped, and the error carries its output."""
     port = free_port()
     config = tmp / f"tollway-{port}.toml"
     config.write_text(config_text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,  # its workers can be killed with it (see `stop`)
-    )
-    wait_http(port, "/healthz", proc)
-    wait_http(port, "/readyz", proc)
-    return Server(port, proc)
+    log = tmp / f"tollway-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its workers can be killed with it (see `stop`)
+        )
+    _OUTPUT_FILES[proc] = log
+    try:
+        wait_http(port, "/healthz", proc)
+        wait_http(port, "/readyz", proc)
+    except BaseException as exc:
+        output = stop(proc, timeout=10)
+        raise RuntimeError(f"the gateway did not start ({exc}):\n{output}") from None
+    return Server(port, proc, log=log)
 
 
 def gateway_config(upstream_port: int, **server: object) -> str:

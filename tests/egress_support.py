@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Server, free_port, stop, wait_http
+from conftest import free_port, stop
 
 MOCK_APP = "tollway.testing.mock_openai:MockOpenAI"
 UPSTREAM_MODEL = "gpt-mock"
@@ -353,29 +353,6 @@ def gateway_config(*providers: str) -> str:
 
     server = '[server]\nhost = "127.0.0.1"\n\n[server.timeouts]\nconnect = 3\nfirst_byte = 5\nidle = 5\ntotal = 15\n\n'
     return server + "".join(providers) + common_tables()
-
-
-def start_egress_gateway(config_text: str, tmp: Path, env: dict[str, str]) -> Server:
-    """`conftest.start_gateway`, except that a gateway which does not start (as with a config key
-    it does not know) is reaped and its output pipe closed before the error is raised: left open,
-    the pipe is reported as a `ResourceWarning` at the end of the session (warnings are errors)."""
-    port = free_port()
-    config = tmp / f"tollway-{port}.toml"
-    config.write_text(config_text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-        start_new_session=True,  # its workers can be killed with it (see `conftest.stop`)
-    )
-    try:
-        wait_http(port, "/healthz", proc)
-        wait_http(port, "/readyz", proc)
-    except BaseException:
-        stop(proc, timeout=10)
-        raise
-    return Server(port, proc)
 
 
 def error_of(body: bytes) -> dict[str, Any]:

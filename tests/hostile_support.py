@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import resource
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from conftest import ALICE_KEY, BOB_KEY, Server, free_port, key_hash, stop, wait_http
+from conftest import ALICE_KEY, BOB_KEY, Server, free_port, key_hash, start_gateway, stop, wait_http
 from gateway_support import ADMIN_KEY, record
 
 HERE = Path(__file__).resolve().parent
@@ -119,45 +118,15 @@ access_log = false
 """
 
 
-def start_gateway_logging_to_file(config_text: str, tmp: Path, env: dict[str, str]) -> tuple[Server, Path]:
-    """`conftest.start_gateway`, with the gateway's output going to a file instead of a pipe.
-
-    A pipe that nobody reads until the end holds 64 KiB; a gateway that logs more (one line per
-    client that left a stream: a thousand of them here) blocks in `write` with the pipe full,
-    and stops serving."""
-    port = free_port()
-    config = tmp / f"tollway-{port}.toml"
-    config.write_text(config_text)
-    log = tmp / f"tollway-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tollway.cli", "serve", "--config", str(config), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,  # its workers can be killed with it (see `conftest.stop`)
-        )
-    try:
-        wait_http(port, "/healthz", proc)
-        wait_http(port, "/readyz", proc)
-    except BaseException:
-        stop(proc)
-        raise AssertionError(f"the gateway did not start:\n{log.read_text(errors='replace')}") from None
-    return Server(port, proc), log
-
-
 @contextlib.contextmanager
 def hostile_gateway(upstream: Server, tmp: Path, **config: Any) -> Iterator[Server]:
     """A gateway in front of `upstream` for the length of a `with` block; its output is checked
     for the provider's key on the way out."""
-    gw, log = start_gateway_logging_to_file(
-        hostile_config(upstream.port, **config), tmp, {"TEST_UPSTREAM_KEY": UPSTREAM_KEY}
-    )
+    gw = start_gateway(hostile_config(upstream.port, **config), tmp, {"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
     try:
         yield gw
     finally:
-        stop(gw.proc)
-        assert UPSTREAM_KEY not in log.read_text(errors="replace")
+        assert UPSTREAM_KEY not in stop(gw.proc)
 
 
 def raise_open_files_limit(wanted: int = 16384) -> None:

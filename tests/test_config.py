@@ -69,7 +69,8 @@ def test_every_problem_is_reported_with_its_line(tmp_path: Path) -> None:
     assert lines[:-1] == [
         'tollway.toml:2 server.port: expected an integer, got "80"',
         "tollway.toml:3 server.wrkers: unknown key `wrkers`; expected one of `host`, `port`, `workers`, "
-        "`max_body_bytes`, `timeouts`, `max_connections_per_host`, `log_level`, `watch_config`",
+        "`max_body_bytes`, `timeouts`, `max_connections_per_host`, `stream_buffer_bytes`, `upstream_limits`, "
+        "`log_level`, `watch_config`",
         "tollway.toml:7 providers[0].kind: expected one of `openai`, `mock`, `anthropic`, `gemini`, `bedrock`, "
         '`azure`, got "openia"',
         "tollway.toml:13 providers[1].api_key: expected exactly one of `env` or `file`, as in "

@@ -503,6 +503,7 @@ def test_the_whole_exposition_is_valid() -> None:
     m.attach_ledger(lambda: LedgerStats(0, 10, 0, 0, 0, 0, 0))
     m.observe_record(a_record())
     m.observe_record(a_record(request_id="r2", endpoint="/v1/messages", requested_model="smart", status=502))
+    m.observe_pool_wait("openai", 0.002)
     exposition = m.render()
     lines = exposition.decode().splitlines()
     # Every line is a HELP, a TYPE or a sample; each family has exactly one HELP and one TYPE.
@@ -513,6 +514,7 @@ def test_the_whole_exposition_is_valid() -> None:
     assert types(exposition) == {
         "tollway_cost_usd": "counter",
         "tollway_gateway_overhead_seconds": "histogram",
+        "tollway_upstream_pool_wait_seconds": "histogram",
         "tollway_ledger_dropped": "counter",
         "tollway_ledger_queue_depth": "gauge",
         "tollway_ledger_write_errors": "counter",

@@ -98,10 +98,9 @@ preset = "ollama"
     )
     groq, local, ollama = adapters["groq"], adapters["local"], adapters["ollama"]
     assert isinstance(groq, OpenAIAdapter) and isinstance(local, OpenAIAdapter) and isinstance(ollama, OpenAIAdapter)
-    assert groq.chat_endpoint.host_header == "api.groq.com"
-    assert groq.chat_endpoint.path == "/openai/v1/chat/completions"
-    assert local.chat_endpoint.host_header == "10.0.0.5:9000"
-    assert ollama.chat_endpoint.host_header == "localhost:11434"
+    assert groq.chat_endpoint.url == "https://api.groq.com/openai/v1/chat/completions"
+    assert local.chat_endpoint.url == "http://10.0.0.5:9000/v1/chat/completions"
+    assert ollama.chat_endpoint.url == "http://localhost:11434/v1/chat/completions"
 
 
 def test_a_hosted_preset_needs_a_key() -> None:

@@ -64,7 +64,8 @@ def test_count_prompt_counts_each_api_and_never_raises(tmp_path: Path) -> None:
 
 
 def settled(accounting: ModelAccounting, text: str) -> SettledUsage:
-    return settle_usage(accounting, api="openai", raw_body=BODY, reported=None, delivered_text=text, complete=True)
+    tokens, _ = accounting.count_text(text)
+    return settle_usage(accounting, api="openai", raw_body=BODY, reported=None, delivered_tokens=tokens, complete=True)
 
 
 def test_a_tokenizer_that_cannot_be_loaded_counts_estimates_and_is_loaded_once(

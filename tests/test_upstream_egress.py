@@ -34,7 +34,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import ALICE_KEY, UPSTREAM_SECRET, Server, stop
+from conftest import ALICE_KEY, UPSTREAM_SECRET, Server, start_gateway, stop
 from egress_support import (
     PROXY_PASSWORD,
     PROXY_USER,
@@ -46,7 +46,6 @@ from egress_support import (
     gateway_config,
     make_pki,
     provider,
-    start_egress_gateway,
     start_tinyproxy,
     start_tls_upstream,
 )
@@ -120,7 +119,7 @@ def gateway(tmp_path: Path) -> Iterator[Start]:
     started: list[Server] = []
 
     def start(*providers: str, env: dict[str, str] | None = None) -> Server:
-        server = start_egress_gateway(gateway_config(*providers), tmp_path, {**ENV, **(env or {})})
+        server = start_gateway(gateway_config(*providers), tmp_path, {**ENV, **(env or {})})
         started.append(server)
         return server
 

@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from tollway._native import StreamTokenCounter
 from tollway.auth import Identity
 from tollway.config.schema import ModelConfig
-from tollway.errors import UpstreamError
+from tollway.errors import CallerGone, UpstreamError
 from tollway.policy.engine import NEEDS_FACTS, RequestFacts
 from tollway.providers import ChatCall, ProviderAdapter
 from tollway.providers.base import StreamMeter
 from tollway.routing import Plan, RoutingError, Step, Target
 from tollway.server.errors import ApiError, from_failure, invalid_request, model_not_allowed, model_not_found
-from tollway.upstream import Failure, failure_of, forwardable_headers
+from tollway.streaming import STREAM_ENDS, CapReached, ClientGone, ClientStream, OutputGuard, Pace, caller_of
+from tollway.upstream import CALLER, Failure, failure_of, forwardable_headers
 from tollway.usage import Usage
 from tollway.usage.accounting import output_text, settle_usage
 from tollway.usage.record import Attempt, UsageRecord
@@ -61,98 +61,6 @@ class Reject(Exception):
 
     def __init__(self, error: ApiError) -> None:
         self.error = error
-
-
-class ClientGone(Exception):
-    """Writing to the client failed: it has disconnected."""
-
-
-class CapReached(Exception):
-    """A truncating budget's output allowance is used up: the stream must end here."""
-
-
-class OutputGuard:
-    """Counts a stream's output as it is sent, for a budget with `on_exceed = "truncate"`."""
-
-    __slots__ = ("_counter", "cap", "meter", "policy")
-
-    def __init__(self, cap: int, policy: str, meter: StreamMeter, counter: StreamTokenCounter) -> None:
-        self.cap = cap
-        self.policy = policy
-        self.meter = meter
-        self._counter = counter
-
-    def check(self) -> None:
-        text = self.meter.new_text()
-        if text and self._counter.push(text) >= self.cap:
-            raise CapReached()
-
-
-# The event that ends a complete stream in each client API, at the start of a line (an SSE
-# payload cannot hold a raw line feed, so these bytes after one are that event and nothing else).
-_STREAM_ENDS = {
-    "openai": (b"\ndata: [DONE]", b"\ndata:[DONE]"),
-    "anthropic": (b"\nevent: message_stop", b"\nevent:message_stop"),
-    "responses": (b"\nevent: response.completed", b"\nevent:response.completed"),
-}
-
-
-def _ends_stream(data: bytes, markers: tuple[bytes, ...]) -> bool:
-    """Whether `data` (whole SSE events) carries the stream's end event. It is the last event,
-    so only the tail is searched."""
-    tail = data[-300:] if len(data) > 300 else b"\n" + data
-    return any(marker in tail for marker in markers)
-
-
-class ClientStream:
-    """The client side of a streamed response; the HTTP response starts on the first send.
-
-    `ended` turns true when the client API's end event (`data: [DONE]`, `message_stop`) is
-    sent: the client then has the whole answer, and may close the connection at once (the
-    OpenAI SDK does) while the gateway still reads the end of the upstream response.
-    """
-
-    __slots__ = ("_ends", "_headers", "_proto", "_transport", "ended", "first_send_at", "guard", "sent_bytes")
-
-    def __init__(
-        self,
-        proto: Any,
-        headers: list[tuple[str, str]],
-        guard: OutputGuard | None = None,
-        ends: tuple[bytes, ...] = (),
-    ) -> None:
-        self._proto = proto
-        self._headers = headers
-        self._transport: Any = None
-        self.first_send_at: float | None = None  # perf_counter time of the first byte
-        self.sent_bytes = 0
-        self.guard = guard
-        self._ends = ends
-        self.ended = False
-
-    @property
-    def started(self) -> bool:
-        return self._transport is not None
-
-    async def send(self, data: bytes) -> None:
-        if self._transport is None:
-            self.first_send_at = time.perf_counter()
-            self._transport = self._proto.response_stream(200, self._headers)
-        if self._ends and _ends_stream(data, self._ends):
-            self.ended = True
-        try:
-            await self._transport.send_bytes(data)
-        except Exception as exc:  # Granian raises its own protocol errors for a closed peer
-            raise ClientGone(str(exc)) from None
-        self.sent_bytes += len(data)
-        if self.guard is not None:
-            self.guard.check()
-
-    def close(self) -> None:
-        """End the response body. Granian ends a streamed body when its transport is released;
-        the stream's objects may outlive the request in exception tracebacks (reference cycles
-        that only the garbage collector frees), so the reference is dropped explicitly."""
-        self._transport = None
 
 
 @dataclass(slots=True)
@@ -241,6 +149,8 @@ class ModelRequest:
         self.delivered_text: str | None = None
         # The truncating budget that ended the stream, if one did.
         self.truncated_by: str | None = None
+        # The client disconnected before its answer was complete.
+        self.client_left = False
 
     @property
     def request_id(self) -> str:
@@ -290,7 +200,7 @@ class ModelRequest:
                     raise Reject(admission.denied)
                 if admission.clamps:
                     self.parsed = parsed = _clamped(parsed, admission.clamps, self.api)
-        await self._attempts(plan, parsed)
+        await self._attempts_while_present(plan, parsed)
 
     def _admit(
         self, admit: AdmitRequest, identity: Identity, parsed: ParsedRequest, primary: Target
@@ -353,6 +263,37 @@ class ModelRequest:
                 raise Reject(model_not_found(parsed.model)) from None
             raise Reject(ApiError(403, "permission_error", exc.code, str(exc), "model")) from None
 
+    async def _attempts_while_present(self, plan: Plan, parsed: ParsedRequest) -> None:
+        """The attempts, cancelled at once when the client disconnects before its answer is
+        complete (RSGI tells): a request still waiting for a connection is never sent, a call
+        in flight is closed so the provider stops generating, a backoff wait ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.ensure_future(self.proto.client_disconnect())
+
+        def on_gone(fut: asyncio.Future[None]) -> None:
+            sink = self.sink
+            # A client that leaves after the end event has the whole answer: the rest of the
+            # upstream response is still read, for its usage and to keep the connection.
+            if not fut.cancelled() and not self.complete and not (sink is not None and sink.ended):
+                self.client_left = True
+                task.cancel()
+
+        gone.add_done_callback(on_gone)
+        caller = CALLER.set(caller_of(self.scope))
+        try:
+            await self._attempts(plan, parsed)
+        except asyncio.CancelledError:
+            if not self.client_left:
+                raise
+            task.uncancel()
+            self.record.client_disconnected = True
+            log.info("request %s: client disconnected; upstream request ended", self.request_id)
+        finally:
+            CALLER.reset(caller)
+            gone.remove_done_callback(on_gone)
+            gone.cancel()
+
     async def _attempts(self, plan: Plan, parsed: ParsedRequest) -> None:
         failure: Failure | None = None
         failure_headers: dict[str, str] | None = None
@@ -398,14 +339,14 @@ class ModelRequest:
         target = step.target
         adapter = rt.adapters[target.provider]
         model = rt.model_config(target)
-        self.meter = StreamMeter() if parsed.stream else None
+        self.meter = StreamMeter(rt.accounting(target).counter) if parsed.stream else None
         call = ChatCall(
             request_id=self.request_id,
             body=parsed.body,
             raw=parsed.raw,
             model=model,
             stream=parsed.stream,
-            forward_headers=forwardable_headers(self.scope.headers.items()) if adapter.client is not None else {},
+            forward_headers=forwardable_headers(self.scope.headers.items()) if adapter.egress is not None else {},
             api=self.api,
             meter=self.meter,
         )
@@ -442,10 +383,14 @@ class ModelRequest:
             rt.router.observe(target, failure.kind)
             headers = {"retry-after": failure.retry_after} if failure.retry_after else None
             return failure, headers
-        except _ClientLeft:
+        except (_ClientLeft, CallerGone):
             self._finish_attempt(attempt, began, None, outcome="client_disconnected")
             self.record.client_disconnected = True
             return None, None
+        except asyncio.CancelledError:
+            if self.client_left:
+                self._finish_attempt(attempt, began, None, outcome="client_disconnected")
+            raise
         except CapReached:
             self._finish_attempt(attempt, began, None, outcome="truncated")
             policy = self.truncated_by or "?"
@@ -515,34 +460,20 @@ class ModelRequest:
             await self.sink.send(error.event(self.api, self.request_id))
 
     async def _stream(self, adapter: ProviderAdapter, call: ChatCall, target: Target) -> None:
-        """Run a streamed call in this task while watching for the client to go away.
-
-        If the client disconnects, this task is cancelled, which closes the upstream connection
-        (the adapter's `finally`), so the provider stops generating. The pump runs in the
-        request's own task (no second task, no `asyncio.wait`): this is the per-stream hot path.
-        """
+        """Run a streamed call in this task. The pump runs in the request's own task (no second
+        task, no `asyncio.wait`): this is the per-stream hot path. A client that leaves cancels
+        the task (`_attempts_while_present`); one that stops reading is found by its pace."""
         # A new sink per attempt: after a failover before the first byte the response has not
         # started, so its headers name the target that serves it.
         guard = None
         cap = self.admission.output_cap if self.admission is not None else None
         if cap is not None and call.meter is not None:
-            guard = OutputGuard(cap[0], cap[1], call.meter, self.rt.accounting(target).counter.stream())
-        ends = _STREAM_ENDS["responses" if self.operation == "responses" else self.api]
-        self.sink = sink = ClientStream(self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, ends)
-        task = asyncio.current_task()
-        assert task is not None
-        gone = asyncio.ensure_future(self.proto.client_disconnect())
-        disconnected = False
-
-        def on_gone(fut: asyncio.Future[None]) -> None:
-            nonlocal disconnected
-            # A client that leaves after the end event has the whole answer: the rest of the
-            # upstream response is still read, for its usage and to keep the connection.
-            if not fut.cancelled() and not sink.ended:
-                disconnected = True
-                task.cancel()
-
-        gone.add_done_callback(on_gone)
+            guard = OutputGuard(cap[0], cap[1], call.meter)
+        ends = STREAM_ENDS["responses" if self.operation == "responses" else self.api]
+        pace = Pace.of(self.scope, self.rt.stream_buffer_bytes, adapter.timeouts.idle)
+        self.sink = sink = ClientStream(
+            self.proto, [*_SSE_HEADERS, *self.route_headers(target)], guard, ends, call.meter, pace
+        )
         try:
             if self.operation == "chat":
                 usage = await adapter.chat_stream(call, sink)
@@ -551,17 +482,11 @@ class ModelRequest:
             self.reported_usage = usage
             self.complete = True
             self.record.status = 200
-        except asyncio.CancelledError:
-            if not disconnected:
-                raise
-            task.uncancel()
-            log.info("request %s: client disconnected mid-stream; upstream request ended", self.request_id)
-            raise _ClientLeft() from None
-        except ClientGone:
-            log.info("request %s: client went away mid-stream; upstream request ended", self.request_id)
+        except ClientGone as exc:
+            log.info("request %s: client went away mid-stream (%s); upstream request ended", self.request_id, exc)
             raise _ClientLeft() from None
         except CapReached:
-            # The upstream request is closed (the adapter's `finally`); the stream ends with an
+            # The upstream request is closed (the pump's `finally`); the stream ends with an
             # explicit error, never a silent cut.
             assert guard is not None
             self.record.status = 200
@@ -572,8 +497,6 @@ class ModelRequest:
                 self.record.status = 200
             raise
         finally:
-            gone.remove_done_callback(on_gone)
-            gone.cancel()
             if sink.first_send_at is not None and self.record.first_byte_at is None:
                 self.record.first_byte_at = self.record.received_at + (sink.first_send_at - self.started)
                 self.record.ttft_ms = round((sink.first_send_at - self.started) * 1000, 3)
@@ -607,12 +530,15 @@ class ModelRequest:
             if self.admission is not None:
                 self.admission.release()
             return
-        delivered = self.delivered_text
         reported = self.reported_usage
+        delivered = 0
         if reported is None and self.meter is not None:
             reported = self.meter.usage
-            delivered = self.meter.all_text()
-        answered = self.complete or reported is not None or bool(delivered) or bool(self.sink and self.sink.started)
+            if reported is None:
+                delivered = self.meter.output_tokens()
+        elif reported is None and self.delivered_text:
+            delivered = self.rt.accounting(target).count_text(self.delivered_text)[0]
+        answered = self.complete or reported is not None or delivered > 0 or bool(self.sink and self.sink.started)
         if not answered:
             # Every attempt failed before its answer began: no usage to record (the sources
             # stay `none`), and the reservations go back.
@@ -624,7 +550,7 @@ class ModelRequest:
             api=self.api,
             raw_body=self.parsed.raw,
             reported=reported,
-            delivered_text=delivered,
+            delivered_tokens=delivered,
             complete=self.complete and not rec.client_disconnected,
         )
         usage = settled.usage

@@ -18,8 +18,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
+from tollway._native import Transport
 from tollway.config._toml_lines import LineIndex, Path, format_path
-from tollway.config.schema import Config, SecretRef
+from tollway.config.schema import Config, ProviderConfig, SecretRef, UpstreamLimits
 from tollway.errors import ConfigError
 from tollway.state.config import memory_workers_problem
 from tollway.usage.catalog import entry_problems as catalog_entry_problems
@@ -169,8 +170,8 @@ def _declared_names(raw: dict[str, Any], section: str) -> set[str]:
     return {i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)}
 
 
-def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
-    """Rules that span fields: names, references, hashes, ranges."""
+def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder, base_dir: FsPath | None = None) -> None:
+    """Rules that span fields: names, references, hashes, ranges; files named, when `base_dir`."""
     p = decoder.problem
     server = config.server
     # `config` may be partial here: list items that did not decode are `None`.
@@ -181,6 +182,11 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
     if server.max_body_bytes < 1024:
         p(("server", "max_body_bytes"), f"expected at least 1024 bytes, got {server.max_body_bytes}")
     _check_timeouts(server.timeouts, ("server", "timeouts"), decoder)
+    if server.max_connections_per_host < 1:
+        p(("server", "max_connections_per_host"), f"expected at least 1, got {server.max_connections_per_host}")
+    if server.stream_buffer_bytes < 16 * 1024:
+        p(("server", "stream_buffer_bytes"), f"expected at least 16384 bytes, got {server.stream_buffer_bytes}")
+    _check_upstream_limits(server.upstream_limits, ("server", "upstream_limits"), decoder)
 
     _check_unique_names(config.providers, "providers", "provider", decoder)
     for i, prov in enumerate(config.providers):
@@ -223,6 +229,7 @@ def _validate(config: Config, raw: dict[str, Any], decoder: _Decoder) -> None:
             _check_timeouts(prov.timeouts, (*at, "timeouts"), decoder)
         if prov.mock.stream_chunks < 1:
             p((*at, "mock", "stream_chunks"), f"expected at least 1, got {prov.mock.stream_chunks}")
+        _check_egress(prov, at, decoder, base_dir)
 
     declared_providers = _declared_names(raw, "providers")
     _check_unique_names(config.models, "models", "model", decoder)
@@ -309,6 +316,89 @@ def _check_timeouts(t: Any, at: Path, decoder: _Decoder) -> None:
             decoder.problem((*at, name), f"expected a positive number of seconds, got {getattr(t, name)}")
 
 
+# The smallest bounds that still let real providers through (hyper's read buffer is at least 8 KiB).
+_LIMIT_FLOORS = {
+    "max_header_bytes": 8192,
+    "max_body_bytes": 1024,
+    "max_decompressed_ratio": 2,
+    "max_sse_line_bytes": 1024,
+}
+
+
+def _check_upstream_limits(limits: UpstreamLimits, at: Path, decoder: _Decoder) -> None:
+    for name, floor in _LIMIT_FLOORS.items():
+        value = getattr(limits, name)
+        if value < floor:
+            decoder.problem((*at, name), f"expected at least {floor}, got {value}")
+
+
+_EGRESS_KEYS = ("ca_file", "client_cert", "client_key", "proxy", "proxy_username", "proxy_password")
+
+
+def _check_egress(prov: ProviderConfig, at: Path, decoder: _Decoder, base_dir: FsPath | None) -> None:
+    """A provider's way out: certificates that can be read and used, a proxy it can go through."""
+    p = decoder.problem
+    if prov.upstream_limits is not None:
+        _check_upstream_limits(prov.upstream_limits, (*at, "upstream_limits"), decoder)
+    if prov.kind == "mock":
+        for name in _EGRESS_KEYS:
+            if getattr(prov, name) is not None:
+                p((*at, name), "the `mock` provider makes no network calls; remove it")
+        return
+    if prov.client_key is not None:
+        _check_secret_ref(prov.client_key, (*at, "client_key"), decoder)
+    if prov.client_cert is not None and prov.client_key is None:
+        p((*at, "client_cert"), "a client certificate needs its private key: add `client_key`")
+    if prov.client_key is not None and prov.client_cert is None:
+        p((*at, "client_key"), "a private key needs its certificate chain: add `client_cert`")
+    pems: dict[str, bytes] = {}
+    for name in ("ca_file", "client_cert"):
+        value = getattr(prov, name)
+        if value is not None and base_dir is not None:
+            text = _read_config_file(value, base_dir, (*at, name), decoder)
+            if text is not None:
+                pems[name] = text
+    key = prov.client_key
+    if key is not None and key.file is not None and base_dir is not None:
+        text = _read_config_file(key.file, base_dir, (*at, "client_key"), decoder)
+        if text is not None:
+            pems["client_key"] = text
+    if pems and ("client_cert" in pems) == ("client_key" in pems):
+        try:
+            Transport.check_tls(pems.get("ca_file"), pems.get("client_cert"), pems.get("client_key"))
+        except ConfigError as exc:
+            field = "ca_file" if "ca_file" in exc.problems[0] else "client_cert"
+            p((*at, field), exc.problems[0])
+    if prov.proxy is not None:
+        try:
+            Transport.check_proxy(prov.proxy, prov.proxy_username, "-" if prov.proxy_password is not None else None)
+        except ConfigError as exc:
+            p((*at, "proxy"), exc.problems[0])
+    if prov.proxy_password is not None:
+        _check_secret_ref(prov.proxy_password, (*at, "proxy_password"), decoder)
+        if prov.proxy_username is None:
+            p((*at, "proxy_password"), "a proxy password needs `proxy_username`")
+    if (prov.proxy_username is not None or prov.proxy_password is not None) and prov.proxy in (None, "none"):
+        p(
+            at,
+            "`proxy_username` and `proxy_password` go with a `proxy` URL"
+            " (credentials for a proxy from the environment belong in its URL)",
+        )
+
+
+def _read_config_file(name: str, base_dir: FsPath, at: Path, decoder: _Decoder) -> bytes | None:
+    """A file the config names (relative to the config file), or `None` and a problem; never
+    its content in the message."""
+    path = FsPath(name).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        decoder.problem(at, f"cannot read `{path}`: {exc.strerror or exc}")
+        return None
+
+
 def _check_secret_ref(ref: SecretRef, at: Path, decoder: _Decoder) -> None:
     if (ref.env is None) == (ref.file is None):
         decoder.problem(at, 'expected exactly one of `env` or `file`, as in `{ env = "OPENAI_API_KEY" }`')
@@ -332,11 +422,12 @@ def load_config(path: str | FsPath) -> LoadedConfig:
         raise ConfigError([f"{fs_path}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{fs_path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    return LoadedConfig(parse_config(text, label), fs_path)
+    return LoadedConfig(parse_config(text, label, fs_path.parent), fs_path)
 
 
-def parse_config(text: str, label: str = "tollway.toml") -> Config:
-    """Validate TOML text; `label` is the file name used in messages."""
+def parse_config(text: str, label: str = "tollway.toml", base_dir: FsPath | None = None) -> Config:
+    """Validate TOML text; `label` is the file name used in messages. Files the config names
+    (relative to `base_dir`, the config file's folder) are checked only when it is given."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -352,7 +443,7 @@ def parse_config(text: str, label: str = "tollway.toml") -> Config:
     decoder = _Decoder()
     partial = decoder.clean(raw, Config, ())
     if partial is not _INVALID:
-        _validate(partial, raw, decoder)
+        _validate(partial, raw, decoder, base_dir)
     if decoder.problems:
         lines = LineIndex(text)
         out = []

@@ -47,14 +47,33 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     total: float = 600.0
 
 
+class UpstreamLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Bounds on what a provider may send; each overrun fails the attempt as `bad_response`.
+
+    `max_header_bytes`: the response head (status line and headers); `max_body_bytes`: a
+    non-streamed answer (or an error body), after decompression; `max_decompressed_ratio`:
+    decoded bytes per encoded byte of a compressed body, checked past its first MiB;
+    `max_sse_line_bytes`: one line of a server-sent-events stream."""
+
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_decompressed_ratio: int = 100
+    max_sse_line_bytes: int = 1024 * 1024
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
     timeouts: Timeouts = Timeouts()
-    # Upper bound on pooled keep-alive connections per provider host.
+    # Requests in flight to one provider origin at once, per worker (HTTP/1.1: connections;
+    # HTTP/2: streams); a request waits for a free one at most its first-byte timeout.
     max_connections_per_host: int = 256
+    # What a stream may hold for a client that reads slowly before reading from the provider
+    # pauses (see `tollway.streaming`).
+    stream_buffer_bytes: int = 1024 * 1024
+    upstream_limits: UpstreamLimits = UpstreamLimits()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Reload when the config file changes (polled every second); SIGHUP and the admin API
     # (`POST /_tollway/reload`) reload too.
@@ -92,6 +111,18 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     deployments: dict[str, str] = {}
     # `anthropic`: `max_tokens` for an OpenAI-format request without one (Anthropic requires it).
     default_max_tokens: int = 4096
+    # The way out (every kind but `mock`; see docs/providers.md "Networks"): HTTP/2 by ALPN,
+    # trust and client certificates (paths relative to the config file), a proxy.
+    http2: Literal["auto", "never"] = "auto"
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: SecretRef | None = None
+    # An `http://host:port` proxy, or `"none"`; absent: `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`.
+    proxy: str | None = None
+    proxy_username: str | None = None
+    proxy_password: SecretRef | None = None
+    # Overrides `[server.upstream_limits]` for this provider.
+    upstream_limits: UpstreamLimits | None = None
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -558,6 +558,13 @@ class GatewayMetrics:
             "Failed upstream attempts, by provider and kind (`timeout`, `server_error`, ...).",
             ("provider", "kind"),
         )
+        self.upstream_pool_wait = r.histogram(
+            "tollway_upstream_pool_wait_seconds",
+            "How long upstream requests waited for a free connection to their provider"
+            " (`max_connections_per_host`); a wait past the first-byte timeout fails the attempt.",
+            ("provider",),
+            buckets=OVERHEAD_BUCKETS,
+        )
         self.policy_decisions = r.counter(
             "tollway_policy_decisions_total",
             "Policy verdicts (`allow`, `deny`, `would_deny`, ...) by policy name.",
@@ -590,6 +597,9 @@ class GatewayMetrics:
             }
 
         self.ledger_dropped.set_function(dropped)
+
+    def observe_pool_wait(self, provider: str, seconds: float) -> None:
+        self.upstream_pool_wait.observe(seconds, (provider,))
 
     def model_label(self, model: str | None) -> str:
         if model is None:

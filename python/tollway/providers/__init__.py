@@ -4,30 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import msgspec
-
-from tollway.config.schema import ProviderConfig, Timeouts
+from tollway.config.schema import ProviderConfig, Timeouts, UpstreamLimits
 from tollway.config.secrets import Secret, resolve_secret
 from tollway.errors import ConfigError
+from tollway.providers._keys import KeyRing
+from tollway.providers.anthropic import AnthropicAdapter
+from tollway.providers.azure import AzureAdapter
 from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamSink
+from tollway.providers.bedrock import BedrockAdapter
+from tollway.providers.gemini import GeminiAdapter
+from tollway.providers.mock import MockAdapter
+from tollway.providers.openai import OpenAIAdapter
+from tollway.providers.presets import PRESETS
 from tollway.upstream import UpstreamClient
 
 __all__ = ["ChatCall", "Completion", "ProviderAdapter", "StreamSink", "build_adapters"]
 
 
 def build_adapters(
-    providers: list[ProviderConfig], default_timeouts: Timeouts, client: UpstreamClient | None, base_dir: Path | None
+    providers: list[ProviderConfig],
+    default_timeouts: Timeouts,
+    client: UpstreamClient | None,
+    base_dir: Path | None,
+    default_limits: UpstreamLimits | None = None,
 ) -> dict[str, ProviderAdapter]:
-    """One adapter per configured provider; raise `ConfigError` listing every unloadable secret."""
-    from tollway.providers._keys import KeyRing, RotatingClient
-    from tollway.providers.anthropic import AnthropicAdapter
-    from tollway.providers.azure import AzureAdapter
-    from tollway.providers.bedrock import BedrockAdapter
-    from tollway.providers.gemini import GeminiAdapter
-    from tollway.providers.mock import MockAdapter
-    from tollway.providers.openai import OpenAIAdapter
-    from tollway.providers.presets import PRESETS
-
+    """One adapter per configured provider; raise `ConfigError` listing every unloadable secret,
+    certificate or proxy. Without a `client` (a dry run), adapters that call out are skipped."""
     adapters: dict[str, ProviderAdapter] = {}
     problems: list[str] = []
     for i, prov in enumerate(providers):
@@ -46,6 +48,13 @@ def build_adapters(
         if len(keys) != len(refs):
             continue
         ring = KeyRing(keys) if keys else None
+        if client is None:
+            continue
+        try:
+            egress = client.egress(prov, timeouts, prov.upstream_limits or default_limits or UpstreamLimits(), base_dir)
+        except ConfigError as exc:
+            problems.extend(f"providers[{i}]: {p}" for p in exc.problems)
+            continue
         match prov.kind:
             case "openai":
                 preset = PRESETS[prov.preset] if prov.preset is not None else None
@@ -54,21 +63,13 @@ def build_adapters(
                         f"providers[{i}] (provider `{prov.name}`): preset `{preset.name}` needs an `api_key`"
                     )
                     continue
-                if prov.base_url is None and preset is not None:
-                    prov = msgspec.structs.replace(prov, base_url=preset.base_url)
-                rewrite = preset.rewrite if preset is not None and preset.changes_bodies else None
-                if client is not None and (len(keys) > 1 or rewrite is not None):
-                    # Keys and quirks applied per request, under the adapter (see `RotatingClient`).
-                    wrapped = RotatingClient(client, ring, "authorization", "Bearer ", rewrite)
-                    adapters[prov.name] = OpenAIAdapter(prov, timeouts, wrapped, None)
-                else:
-                    adapters[prov.name] = OpenAIAdapter(prov, timeouts, client, keys[0] if keys else None)
+                adapters[prov.name] = OpenAIAdapter(prov, timeouts, egress, ring, preset)
             case "azure":
-                adapters[prov.name] = AzureAdapter(prov, timeouts, client, ring)
+                adapters[prov.name] = AzureAdapter(prov, timeouts, egress, ring)
             case "anthropic":
-                adapters[prov.name] = AnthropicAdapter(prov, timeouts, client, ring)
+                adapters[prov.name] = AnthropicAdapter(prov, timeouts, egress, ring)
             case "gemini":
-                adapters[prov.name] = GeminiAdapter(prov, timeouts, client, ring)
+                adapters[prov.name] = GeminiAdapter(prov, timeouts, egress, ring)
             case "bedrock":
                 aws: dict[str, Secret] = {}
                 for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
@@ -82,7 +83,7 @@ def build_adapters(
                     adapters[prov.name] = BedrockAdapter(
                         prov,
                         timeouts,
-                        client,
+                        egress,
                         aws["aws_access_key_id"],
                         aws["aws_secret_access_key"],
                         aws.get("aws_session_token"),

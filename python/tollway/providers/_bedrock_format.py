@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from tollway.errors import TranslationError
+from tollway.errors import TranslationError, UpstreamError
 from tollway.providers._anthropic_format import THINKING_BUDGETS
 from tollway.providers._openai_format import obj, parse_data_url
 from tollway.providers._stream import (
@@ -385,7 +385,7 @@ class BedrockStreamDecoder:
             return []
         return []  # messageStart, contentBlockStop, and event types added later
 
-    def exception(self, exception_type: str, payload: bytes) -> Exception:
+    def exception(self, exception_type: str, payload: bytes) -> UpstreamError:
         """The failure for an exception message inside the stream."""
         try:
             message = str(obj(orjson.loads(payload)).get("message", exception_type))

@@ -1,5 +1,13 @@
-"""Plumbing shared by the adapters that translate: one POST with key rotation, failures
-classified from any provider's error body, the SSE stream pump, and the client-format ends.
+"""Plumbing every adapter that calls a provider shares: one POST with key rotation
+(`HttpAdapter.post`), one failure classifier for any provider's error answer
+(`status_failure`), one stream pump (`HttpAdapter.pump`) fed by a per-format `StreamRelay`,
+and the client-format ends.
+
+The pump: the native client frames the provider's stream (server-sent events, the OpenAI chat
+relay, AWS event-stream messages) and hands over one batch per network chunk at most; a relay
+turns a batch into the client's bytes (one write), and says when the stream ended properly
+and with what usage. Reading from the provider pauses while the client lags
+(`tollway.streaming.ClientStream`), so a stream's memory is bounded on both sides.
 
 Failure classification (a provider's HTTP status and error body -> `FailureKind`):
 
@@ -15,6 +23,7 @@ Failure classification (a provider's HTTP status and error body -> `FailureKind`
 
 from __future__ import annotations
 
+import abc
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,20 +31,20 @@ from typing import Any, Protocol
 
 import orjson
 
-from tollway._native import SseParser
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import SseError, TranslationError, UpstreamError
+from tollway.errors import TranslationError, UpstreamError
 from tollway.providers._anthropic_format import AnthropicStreamEncoder, openai_completion_to_anthropic
 from tollway.providers._keys import KeyRing
 from tollway.providers._openai_format import OpenAIStreamEncoder, completion_body
 from tollway.providers._stream import Part, StreamEncoder, output_text
 from tollway.providers.base import ChatCall, ProviderAdapter, StreamMeter, StreamSink
 from tollway.upstream import (
+    Egress,
     Endpoint,
     Failure,
     FailureKind,
-    UpstreamClient,
+    Framing,
     UpstreamResponse,
     failure_of,
     upstream_failure,
@@ -179,6 +188,8 @@ def client_body(provider: str, call: ChatCall, completion: dict[str, Any], usage
 
 
 class SseDecoder(Protocol):
+    """Reads one upstream event's data at a time (see `tollway.providers._stream`)."""
+
     complete: bool
 
     @property
@@ -194,6 +205,7 @@ def broken_stream(provider: str, what: str) -> UpstreamError:
 def check_content_type(provider: str, resp: UpstreamResponse, expected: str) -> None:
     ctype = resp.headers.get("content-type", "")
     if not ctype.startswith(expected):
+        resp.close()
         raise upstream_failure(
             Failure(
                 FailureKind.BAD_RESPONSE,
@@ -203,30 +215,115 @@ def check_content_type(provider: str, resp: UpstreamResponse, expected: str) -> 
         )
 
 
-class HttpAdapter(ProviderAdapter):
-    """An adapter that POSTs JSON to a provider, with optional key rotation."""
+class StreamRelay(abc.ABC):
+    """One stream format's half of the pump: a batch of what the native client framed -> the
+    client's bytes, and whether (and with what usage) the stream ended properly."""
 
-    def __init__(
-        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, keys: KeyRing | None
-    ) -> None:
-        super().__init__(config, timeouts, client)
+    # How a stream cut before its end event is described ("provider `x` <ended_early>").
+    ended_early = "ended the stream before its end event"
+
+    @abc.abstractmethod
+    def feed(self, batch: Any, meter: StreamMeter | None) -> tuple[bytes, UpstreamError | None]:
+        """The client's bytes for one batch (the output text they carry pushed to `meter`
+        first, so a live count sees what the write delivers), and a failure that ends the stream
+        after them (what arrived before a bad event still reaches the client)."""
+
+    @property
+    @abc.abstractmethod
+    def complete(self) -> bool:
+        """The stream's end event arrived."""
+
+    @property
+    @abc.abstractmethod
+    def usage(self) -> Usage | None:
+        """The provider's usage, once the stream is complete."""
+
+    def finish(self, usage: Usage | None) -> bytes:
+        """The bytes that end a complete stream in the client's format (none for a relay)."""
+        return b""
+
+
+class TranslatedRelay(StreamRelay):
+    """An SSE stream in another format than the client's: each event decoded into parts, the
+    parts encoded in the client's format."""
+
+    __slots__ = ("decoder", "encoder")
+
+    def __init__(self, decoder: SseDecoder, encoder: StreamEncoder) -> None:
+        self.decoder = decoder
+        self.encoder = encoder
+
+    def feed(self, batch: Any, meter: StreamMeter | None) -> tuple[bytes, UpstreamError | None]:
+        out: list[bytes] = []
+        failure: UpstreamError | None = None
+        decoder, encoder = self.decoder, self.encoder
+        for event in batch:
+            try:
+                parts = decoder.feed(event.data)
+            except UpstreamError as exc:
+                failure = exc
+                break
+            if parts:
+                out.extend(encoder.encode(parts))
+                if meter is not None:
+                    meter.push_text(output_text(parts))
+        return b"".join(out), failure
+
+    @property
+    def complete(self) -> bool:
+        return self.decoder.complete
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.decoder.usage
+
+    def finish(self, usage: Usage | None) -> bytes:
+        return b"".join(self.encoder.finish(usage))
+
+
+class HttpAdapter(ProviderAdapter):
+    """An adapter that POSTs to a provider, with optional key rotation."""
+
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts, egress: Egress | None, keys: KeyRing | None) -> None:
+        super().__init__(config, timeouts, egress)
         self.keys = keys
         self.extra_headers = {k.lower(): v for k, v in config.headers.items()}
 
+    def endpoint(self, url: str) -> Endpoint:
+        assert self.egress is not None
+        return self.egress.endpoint(url)
+
+    def prepare_body(self, body: bytes) -> bytes:
+        """The body as it goes on the wire (a hook for a server's known quirks)."""
+        return body
+
     async def post(
-        self, endpoint: Endpoint, body: bytes, headers_for: Callable[[Secret | None], dict[str, str]]
-    ) -> tuple[UpstreamResponse, float]:
-        """POST and return a 2xx response. A key the provider rate-limits or rejects cools down
-        and the next key is tried at once (each key at most once per call)."""
-        assert self.client is not None
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        headers_for: Callable[[Secret | None], dict[str, str]],
+        framing: Framing | None = None,
+        strip_usage: bool = False,
+    ) -> UpstreamResponse:
+        """POST and return a 2xx answer: whole, or, with a `framing`, as a stream (its `body`
+        an `UpstreamStream`). Any other answer raises its classified failure (`status_failure`).
+        A key the provider rate-limits or rejects cools down and the next key is tried at once
+        (each key at most once per call)."""
+        egress = self.egress
+        assert egress is not None
+        body = self.prepare_body(body)
         attempts: Iterable[Secret | None] = self.keys.attempt_order() if self.keys is not None else (None,)
         last: UpstreamError | None = None
         for key in attempts:
-            resp, deadline = await self.client.post(self.name, endpoint, body, headers_for(key), self.timeouts)
+            if framing is None:
+                resp = await egress.post(self.name, endpoint, body, headers_for(key), self.timeouts)
+            else:
+                resp = await egress.stream(
+                    self.name, endpoint, body, headers_for(key), self.timeouts, framing, strip_usage
+                )
             if 200 <= resp.status < 300:
-                return resp, deadline
-            payload = await resp.read(deadline)
-            last = status_failure(self.name, resp.status, payload, resp.headers)
+                return resp
+            last = status_failure(self.name, resp.status, resp.payload, resp.headers)
             kind = failure_of(last).kind
             if (
                 key is not None
@@ -242,56 +339,30 @@ class HttpAdapter(ProviderAdapter):
     def check_content_type(self, resp: UpstreamResponse, expected: str) -> None:
         check_content_type(self.name, resp, expected)
 
-    async def pump_sse(
-        self,
-        resp: UpstreamResponse,
-        deadline: float,
-        decoder: SseDecoder,
-        encoder: StreamEncoder,
-        sink: StreamSink,
-        meter: StreamMeter | None,
+    async def pump(
+        self, resp: UpstreamResponse, relay: StreamRelay, sink: StreamSink, meter: StreamMeter | None
     ) -> Usage | None:
-        return await pump_sse(self.name, self.timeouts, resp, deadline, decoder, encoder, sink, meter)
-
-
-async def pump_sse(
-    provider: str,
-    timeouts: Timeouts,
-    resp: UpstreamResponse,
-    deadline: float,
-    decoder: SseDecoder,
-    encoder: StreamEncoder,
-    sink: StreamSink,
-    meter: StreamMeter | None,
-) -> Usage | None:
-    """Translate an SSE stream event by event; what one network chunk completes leaves in one
-    write. A stream without its end event is broken, whatever came before. The output text
-    delivered goes to `meter` as it leaves; the provider's usage only once the stream is
-    complete (a partial count would understate what a broken stream produced)."""
-    parser = SseParser()
-    try:
-        async for chunk in resp.chunks(timeouts, deadline):
-            out: list[bytes] = []
-            text: list[str] = []
-            for event in parser.feed(chunk):
-                parts = decoder.feed(event.data)
-                if parts:
-                    out.extend(encoder.encode(parts))
-                    if meter is not None:
-                        text.append(output_text(parts))
-            if out:
-                # The text first: a live count (a truncating budget) sees what this write delivers.
-                if meter is not None:
-                    meter.push_text("".join(text))
-                await sink.send(b"".join(out))
-    except SseError as exc:
-        raise upstream_failure(
-            Failure(FailureKind.BAD_RESPONSE, provider, f"provider `{provider}` sent a malformed stream: {exc}")
-        ) from None
-    if not decoder.complete:
-        raise broken_stream(provider, "ended the stream before its end event")
-    usage = decoder.usage
-    if meter is not None:
-        meter.report_usage(usage)
-    await sink.send(b"".join(encoder.finish(usage)))
-    return usage
+        """The one stream loop: every batch of `resp`'s stream through `relay` to `sink`, one
+        write per batch. A stream without its end event is broken, whatever came before; the
+        provider's usage is reported only once the stream is complete (a partial count would
+        understate what a broken stream produced)."""
+        egress = self.egress
+        assert egress is not None
+        try:
+            async for batch in egress.batches(self.name, resp.stream):
+                out, failure = relay.feed(batch, meter)
+                if out:
+                    await sink.send(out)
+                if failure is not None:
+                    raise failure
+        finally:
+            resp.close()
+        if not relay.complete:
+            raise broken_stream(self.name, relay.ended_early)
+        usage = relay.usage
+        if meter is not None:
+            meter.report_usage(usage)
+        tail = relay.finish(usage)
+        if tail:
+            await sink.send(tail)
+        return usage

@@ -13,20 +13,15 @@ worker learns it from its own first 429.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
-from tollway.config.schema import Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import UpstreamError
-from tollway.upstream import Endpoint, UpstreamClient, UpstreamResponse
 
 RATE_LIMIT_COOLDOWN = 30.0
 REJECTED_COOLDOWN = 300.0
 _MAX_COOLDOWN = 3600.0
-_ROTATE_ON = frozenset({401, 403, 429})
 
 
 def retry_after_seconds(value: str | None, now_epoch: float | None = None) -> float | None:
@@ -96,55 +91,3 @@ class KeyRing:
         """How many keys are cooling down now."""
         now = self._clock()
         return sum(1 for until in self._cool_until if until > now)
-
-
-class RotatingClient(UpstreamClient):
-    """The upstream client as one provider sees it: each request carries one of the provider's
-    keys, and a request the provider rate-limits (429) or rejects (401, 403) is sent again at
-    once with the next key, the failed key cooling down; only the last answer is returned.
-    `rewrite` (a preset's quirks) is applied to every body first.
-
-    This gives the OpenAI adapter, whose request flow lives in `openai.py`, the same rotation
-    the other adapters get from `HttpAdapter.post`, without changing that flow. It wraps the
-    worker's shared client, which its owner closes.
-    """
-
-    def __init__(
-        self,
-        client: UpstreamClient,
-        keys: KeyRing | None,
-        header: str,
-        prefix: str = "",
-        rewrite: Callable[[bytes], bytes] | None = None,
-    ) -> None:
-        super().__init__()
-        self._client = client
-        self._keys = keys
-        self._header = header
-        self._prefix = prefix
-        self._rewrite = rewrite
-
-    async def close(self) -> None:
-        """Nothing to close: the wrapped client belongs to the gateway."""
-
-    async def post(
-        self, provider: str, endpoint: Endpoint, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
-    ) -> tuple[UpstreamResponse, float]:
-        if self._rewrite is not None:
-            body = self._rewrite(body)
-        if self._keys is None:
-            return await self._client.post(provider, endpoint, body, headers, timeouts)
-        order = self._keys.attempt_order()
-        key = next(order)
-        while True:
-            sent = {**headers, self._header: self._prefix + key.reveal()}
-            resp, deadline = await self._client.post(provider, endpoint, body, sent, timeouts)
-            if resp.status not in _ROTATE_ON:
-                return resp, deadline
-            self._keys.cool_down(key, resp.status, resp.headers.get("retry-after"))
-            following = next(order, None)
-            if following is None:
-                return resp, deadline  # the caller reads and reports the last failure
-            with contextlib.suppress(UpstreamError):
-                await resp.read(deadline)  # read to the end, so the connection can be reused
-            key = following

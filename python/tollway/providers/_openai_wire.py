@@ -1,49 +1,66 @@
-"""Serving an Anthropic-format client from an OpenAI-format provider (OpenAI, every
-OpenAI-compatible server, Azure OpenAI).
+"""What every OpenAI-format provider (OpenAI, every OpenAI-compatible server, Azure OpenAI)
+shares: an OpenAI client's stream relayed natively (`OpenAIRelay`), and an Anthropic-format
+client served by translation both ways.
 
-The request is translated to OpenAI chat (`_anthropic_format.anthropic_request_to_openai`,
-then stripped of what only other providers take, `_openai_format.to_openai_wire`); the answer
-is translated back, and a stream event by event (`OpenAIStreamDecoder` -> `AnthropicStreamEncoder`).
-Streams always ask for `stream_options.include_usage`, since Anthropic's `message_delta`
-reports usage at the end.
-
+An Anthropic client's request is translated to OpenAI chat
+(`_anthropic_format.anthropic_request_to_openai`, then stripped of what only other providers
+take, `_openai_format.to_openai_wire`); the answer is translated back, and a stream event by
+event (`OpenAIStreamDecoder` -> `AnthropicStreamEncoder`). Such streams always ask for
+`stream_options.include_usage`, since Anthropic's `message_delta` reports usage at the end.
 An Anthropic client's own headers (`anthropic-version`, `anthropic-beta`, ...) mean nothing to
 an OpenAI server and are not forwarded.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from tollway.errors import TranslationError
+from tollway._native import UpstreamStream
+from tollway.errors import TranslationError, UpstreamError
 from tollway.providers._anthropic_format import anthropic_request_to_openai
 from tollway.providers._common import (
-    check_content_type,
+    StreamRelay,
+    TranslatedRelay,
     client_body,
     client_encoder,
     parse_json_object,
-    pump_sse,
     request_untranslatable,
-    status_failure,
 )
 from tollway.providers._openai_format import OpenAIStreamDecoder, to_openai_wire
-from tollway.providers.base import ChatCall, Completion, StreamSink
-from tollway.upstream import UpstreamResponse
+from tollway.providers.base import ChatCall, Completion, StreamMeter
 from tollway.usage import Usage, usage_from_openai
 
-if TYPE_CHECKING:
-    from tollway.providers.openai import OpenAIAdapter
 
-# Applied to a translated request body just before it is sent (an OpenAI-compatible server's
-# known quirks, see `presets`).
-BodyFixer = Callable[[dict[str, Any]], dict[str, Any]]
+class OpenAIRelay(StreamRelay):
+    """An OpenAI chat stream to an OpenAI client, relayed natively (`Framing.OPENAI_CHAT`: the
+    native side parses each event, captures usage and removes what the gateway's own
+    `include_usage` added): a batch is the bytes to forward. The relay keeps the output text,
+    read only when the meter needs it."""
+
+    ended_early = "ended the stream before `[DONE]`"
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: UpstreamStream, meter: StreamMeter | None) -> None:
+        self.stream = stream
+        if meter is not None:
+            meter.watch(stream)
+
+    def feed(self, batch: Any, meter: StreamMeter | None) -> tuple[bytes, UpstreamError | None]:
+        return batch, None
+
+    @property
+    def complete(self) -> bool:
+        return self.stream.done
+
+    @property
+    def usage(self) -> Usage | None:
+        usage_json = self.stream.usage_json
+        return usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
 
 
-def translated_body(call: ChatCall, kind: str, provider: str, fix: BodyFixer | None = None) -> bytes:
+def translated_body(call: ChatCall, kind: str, provider: str) -> bytes:
     """An Anthropic-format call's body as an OpenAI chat request for `call.model`."""
     try:
         body = to_openai_wire(anthropic_request_to_openai(call.body))
@@ -53,8 +70,6 @@ def translated_body(call: ChatCall, kind: str, provider: str, fix: BodyFixer | N
     if call.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if fix is not None:
-        body = fix(body)
     return orjson.dumps(body)
 
 
@@ -67,42 +82,6 @@ def translated_completion(
     return Completion(body=client_body(provider, call, completion, usage), usage=usage, headers=passed or [])
 
 
-async def translated_stream(
-    adapter_name: str, timeouts: Any, resp: UpstreamResponse, deadline: float, call: ChatCall, sink: StreamSink
-) -> Usage | None:
+def translated_relay(provider: str, call: ChatCall) -> TranslatedRelay:
     """An OpenAI chat stream, event by event, to an Anthropic client."""
-    check_content_type(adapter_name, resp, "text/event-stream")
-    decoder = OpenAIStreamDecoder(adapter_name)
-    encoder = client_encoder(call, call.model.upstream_model)
-    return await pump_sse(adapter_name, timeouts, resp, deadline, decoder, encoder, sink, call.meter)
-
-
-# -- the entry points `OpenAIAdapter` calls when `call.api == "anthropic"` ---------------------------
-
-
-async def chat_for_anthropic_client(adapter: OpenAIAdapter, call: ChatCall, fix: BodyFixer | None = None) -> Completion:
-    assert adapter.client is not None
-    call = dataclasses.replace(call, forward_headers={})
-    body = translated_body(call, adapter.kind, adapter.name, fix)
-    headers = adapter._request_headers(call, False)
-    resp, deadline = await adapter.client.post(adapter.name, adapter.chat_endpoint, body, headers, adapter.timeouts)
-    payload = await resp.read(deadline)
-    if resp.status != 200:
-        raise status_failure(adapter.name, resp.status, payload, resp.headers)
-    return translated_completion(adapter.name, call, payload)
-
-
-async def stream_for_anthropic_client(
-    adapter: OpenAIAdapter, call: ChatCall, sink: StreamSink, fix: BodyFixer | None = None
-) -> Usage | None:
-    assert adapter.client is not None
-    call = dataclasses.replace(call, forward_headers={})
-    body = translated_body(call, adapter.kind, adapter.name, fix)
-    headers = adapter._request_headers(call, True)
-    resp, deadline = await adapter.client.post(adapter.name, adapter.chat_endpoint, body, headers, adapter.timeouts)
-    try:
-        if resp.status != 200:
-            raise status_failure(adapter.name, resp.status, await resp.read(deadline), resp.headers)
-        return await translated_stream(adapter.name, adapter.timeouts, resp, deadline, call, sink)
-    finally:
-        resp.close()
+    return TranslatedRelay(OpenAIStreamDecoder(provider), client_encoder(call, call.model.upstream_model))

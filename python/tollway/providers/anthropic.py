@@ -13,13 +13,13 @@ header when an Anthropic client sent one, else `api_version` from the config, el
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
-from tollway._native import SseParser
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import ConfigError, SseError, TranslationError, UpstreamError
+from tollway.errors import ConfigError, TranslationError, UpstreamError
 from tollway.providers._anthropic_format import (
     ANTHROPIC_VERSION,
     AnthropicStreamDecoder,
@@ -29,7 +29,8 @@ from tollway.providers._anthropic_format import (
 )
 from tollway.providers._common import (
     HttpAdapter,
-    broken_stream,
+    StreamRelay,
+    TranslatedRelay,
     client_body,
     client_encoder,
     parse_json_object,
@@ -38,7 +39,7 @@ from tollway.providers._common import (
 from tollway.providers._keys import KeyRing
 from tollway.providers._stream import output_text
 from tollway.providers.base import ChatCall, Completion, StreamMeter, StreamSink
-from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
+from tollway.upstream import Egress, Framing
 from tollway.usage import Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
@@ -47,11 +48,9 @@ DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 class AnthropicAdapter(HttpAdapter):
     kind = "anthropic"
 
-    def __init__(
-        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, keys: KeyRing | None
-    ) -> None:
-        super().__init__(config, timeouts, client, keys)
-        self.endpoint = Endpoint.parse((config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/messages")
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts, egress: Egress | None, keys: KeyRing | None) -> None:
+        super().__init__(config, timeouts, egress, keys)
+        self.messages_endpoint = self.endpoint((config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/messages")
         self.version = config.api_version or ANTHROPIC_VERSION
         self.default_max_tokens = config.default_max_tokens
         if any("\r" in v or "\n" in v for v in self.extra_headers.values()):
@@ -87,59 +86,54 @@ class AnthropicAdapter(HttpAdapter):
         return [("x-upstream-request-id", request_id)] if request_id else []
 
     async def chat(self, call: ChatCall) -> Completion:
-        resp, deadline = await self.post(self.endpoint, self._body(call), self._headers_for(call))
-        payload = await resp.read(deadline)
-        message = parse_json_object(self.name, payload)
+        resp = await self.post(self.messages_endpoint, self._body(call), self._headers_for(call))
+        message = parse_json_object(self.name, resp.payload)
         passed = self._passed_headers(resp.headers)
         if call.api == "anthropic":
-            return Completion(body=payload, usage=usage_from_anthropic(message.get("usage")), headers=passed)
+            return Completion(body=resp.payload, usage=usage_from_anthropic(message.get("usage")), headers=passed)
         completion, usage = anthropic_message_to_openai(message)
         return Completion(body=client_body(self.name, call, completion, usage), usage=usage, headers=passed)
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
-        resp, deadline = await self.post(self.endpoint, self._body(call), self._headers_for(call))
-        try:
-            self.check_content_type(resp, "text/event-stream")
-            if call.api == "anthropic":
-                return await self._relay(resp, deadline, sink, call.meter)
-            decoder = AnthropicStreamDecoder(self.name)
-            encoder = client_encoder(call, call.model.upstream_model)
-            return await self.pump_sse(resp, deadline, decoder, encoder, sink, call.meter)
-        finally:
-            resp.close()
+        resp = await self.post(self.messages_endpoint, self._body(call), self._headers_for(call), Framing.SSE)
+        self.check_content_type(resp, "text/event-stream")
+        relay: StreamRelay
+        if call.api == "anthropic":
+            relay = AnthropicRelay(self.name)
+        else:
+            relay = TranslatedRelay(AnthropicStreamDecoder(self.name), client_encoder(call, call.model.upstream_model))
+        return await self.pump(resp, relay, sink, call.meter)
 
-    async def _relay(
-        self, resp: UpstreamResponse, deadline: float, sink: StreamSink, meter: StreamMeter | None
-    ) -> Usage | None:
-        """Forward an Anthropic stream to an Anthropic client as it came. Every event is read
-        (as the translating path would): for usage and the end, to never relay an event the
-        client cannot parse, and for the output text a broken stream is counted by."""
-        parser = SseParser()
-        tracker = AnthropicStreamDecoder(self.name)
-        try:
-            async for chunk in resp.chunks(self.timeouts, deadline):
-                out: list[bytes] = []
-                text: list[str] = []
-                try:
-                    for event in parser.feed(chunk):
-                        parts = tracker.feed(event.data)
-                        if meter is not None and parts:
-                            text.append(output_text(parts))
-                        out.append(event.to_bytes())
-                except UpstreamError:
-                    if out:  # what arrived before the bad event still reaches the client
-                        await sink.send(b"".join(out))
-                    raise
-                if out:
-                    await sink.send(b"".join(out))
-                    if meter is not None:
-                        meter.push_text("".join(text))
-        except SseError as exc:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
-            ) from None
-        if not tracker.complete:
-            raise broken_stream(self.name, "ended the stream before `message_stop`")
-        if meter is not None:
-            meter.report_usage(tracker.usage)
-        return tracker.usage
+
+class AnthropicRelay(StreamRelay):
+    """An Anthropic stream to an Anthropic client, forwarded as it came. Every event is read (as
+    the translating path would): for usage and the end, to never relay an event the client
+    cannot parse, and for the output text a broken stream is counted by."""
+
+    ended_early = "ended the stream before `message_stop`"
+    __slots__ = ("tracker",)
+
+    def __init__(self, provider: str) -> None:
+        self.tracker = AnthropicStreamDecoder(provider)
+
+    def feed(self, batch: Any, meter: StreamMeter | None) -> tuple[bytes, UpstreamError | None]:
+        out: list[bytes] = []
+        failure: UpstreamError | None = None
+        for event in batch:
+            try:
+                parts = self.tracker.feed(event.data)
+            except UpstreamError as exc:
+                failure = exc
+                break
+            if meter is not None and parts:
+                meter.push_text(output_text(parts))
+            out.append(event.to_bytes())
+        return b"".join(out), failure
+
+    @property
+    def complete(self) -> bool:
+        return self.tracker.complete
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.tracker.usage

@@ -20,15 +20,14 @@ from urllib.parse import quote
 
 import orjson
 
-from tollway._native import OpenAIChatStream
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import ConfigError, SseError, StreamFormatError
-from tollway.providers._common import HttpAdapter, broken_stream, parse_json_object
+from tollway.errors import ConfigError
+from tollway.providers._common import HttpAdapter, StreamRelay, parse_json_object
 from tollway.providers._keys import KeyRing
-from tollway.providers._openai_wire import translated_body, translated_completion, translated_stream
-from tollway.providers.base import ChatCall, Completion, StreamMeter, StreamSink
-from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
+from tollway.providers._openai_wire import OpenAIRelay, translated_body, translated_completion, translated_relay
+from tollway.providers.base import ChatCall, Completion, StreamSink
+from tollway.upstream import Egress, Endpoint, Framing
 from tollway.usage import Usage, usage_from_openai
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -37,10 +36,8 @@ DEFAULT_API_VERSION = "2024-10-21"
 class AzureAdapter(HttpAdapter):
     kind = "azure"
 
-    def __init__(
-        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, keys: KeyRing | None
-    ) -> None:
-        super().__init__(config, timeouts, client, keys)
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts, egress: Egress | None, keys: KeyRing | None) -> None:
+        super().__init__(config, timeouts, egress, keys)
         assert config.base_url is not None  # the loader requires it for this kind
         self.base_url = config.base_url.rstrip("/")
         self.api_version = config.api_version or DEFAULT_API_VERSION
@@ -55,7 +52,7 @@ class AzureAdapter(HttpAdapter):
             deployment = quote(self.deployments.get(model, model), safe="")
             version = quote(self.api_version, safe="")
             url = f"{self.base_url}/openai/deployments/{deployment}/chat/completions?api-version={version}"
-            endpoint = self._endpoints[model] = Endpoint.parse(url)
+            endpoint = self._endpoints[model] = self.endpoint(url)
         return endpoint
 
     def _headers_for(self, call: ChatCall) -> Callable[[Secret | None], dict[str, str]]:
@@ -84,55 +81,26 @@ class AzureAdapter(HttpAdapter):
         endpoint = self._endpoint(call.model.upstream_model)
         if call.api == "anthropic":
             body = translated_body(call, self.kind, self.name)
-            resp, deadline = await self.post(endpoint, body, self._headers_for(call))
-            return translated_completion(self.name, call, await resp.read(deadline))
+            resp = await self.post(endpoint, body, self._headers_for(call))
+            return translated_completion(self.name, call, resp.payload)
         body, _ = self._relayed_body(call)
-        resp, deadline = await self.post(endpoint, body, self._headers_for(call))
-        payload = await resp.read(deadline)
-        usage = usage_from_openai(parse_json_object(self.name, payload).get("usage"))
+        resp = await self.post(endpoint, body, self._headers_for(call))
+        usage = usage_from_openai(parse_json_object(self.name, resp.payload).get("usage"))
         request_id = resp.headers.get("apim-request-id") or resp.headers.get("x-request-id")
         return Completion(
-            body=payload, usage=usage, headers=[("x-upstream-request-id", request_id)] if request_id else []
+            body=resp.payload, usage=usage, headers=[("x-upstream-request-id", request_id)] if request_id else []
         )
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
         endpoint = self._endpoint(call.model.upstream_model)
+        relay: StreamRelay
         if call.api == "anthropic":
-            body, injected = translated_body(call, self.kind, self.name), False
+            body = translated_body(call, self.kind, self.name)
+            resp = await self.post(endpoint, body, self._headers_for(call), Framing.SSE)
+            relay = translated_relay(self.name, call)
         else:
             body, injected = self._relayed_body(call)
-        resp, deadline = await self.post(endpoint, body, self._headers_for(call))
-        try:
-            if call.api == "anthropic":
-                return await translated_stream(self.name, self.timeouts, resp, deadline, call, sink)
-            self.check_content_type(resp, "text/event-stream")
-            return await self._relay(resp, deadline, injected, sink, call.meter)
-        finally:
-            resp.close()
-
-    async def _relay(
-        self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink, meter: StreamMeter | None
-    ) -> Usage | None:
-        stream = OpenAIChatStream(strip_usage=injected)
-        if meter is not None:
-            meter.watch(stream)  # the relay keeps the text it forwarded, read only if usage never comes
-        try:
-            async for chunk in resp.chunks(self.timeouts, deadline):
-                out = stream.feed(chunk)
-                if out:
-                    await sink.send(out)
-        except SseError as exc:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
-            ) from None
-        except StreamFormatError:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
-            ) from None
-        usage_json = stream.usage_json
-        usage = usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
-        if meter is not None:
-            meter.report_usage(usage)  # OpenAI-format usage comes only at the end: it is the whole
-        if not stream.done:
-            raise broken_stream(self.name, "ended the stream before `[DONE]`")
-        return usage
+            resp = await self.post(endpoint, body, self._headers_for(call), Framing.OPENAI_CHAT, strip_usage=injected)
+            relay = OpenAIRelay(resp.stream, call.meter)
+        self.check_content_type(resp, "text/event-stream")
+        return await self.pump(resp, relay, sink, call.meter)

@@ -14,8 +14,9 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from tollway._native import StreamTokenCounter, TokenCounter
 from tollway.config.schema import ModelConfig, ProviderConfig, Timeouts
-from tollway.upstream import UpstreamClient
+from tollway.upstream import Egress
 from tollway.usage import Usage
 
 
@@ -39,7 +40,11 @@ class ChatCall:
 
 
 class TextSource(Protocol):
-    """A native relay that keeps the output text of what it forwarded (`OpenAIChatStream`)."""
+    """A native relay that keeps the output text of what it forwarded (`UpstreamStream` with
+    the OpenAI chat framing)."""
+
+    @property
+    def pending_text_bytes(self) -> int: ...
 
     def take_output_text(self) -> str: ...
 
@@ -50,17 +55,27 @@ class StreamMeter:
     The provider's usage, when a stream carries it, is the truth (`report_usage`). When it never
     arrives (the stream broke, the client left, the server ignores `include_usage`), the gateway
     counts the output text that passed: adapters either `watch` a native relay that keeps the
-    text itself (read only if needed, so a complete stream costs nothing), or `push_text` the
-    deltas they translated. Text is kept in delivery order.
+    text itself (read only if needed, so a short complete stream costs nothing), or `push_text`
+    the deltas they translated. Text is counted in delivery order, with the served model's
+    tokenizer.
+
+    Memory stays bounded whatever the stream's length: `after_send` (after each write to the
+    client) moves text past `KEEP` characters (`KEEP_NATIVE` bytes in a native relay) into a
+    running count, so no stream keeps its whole output.
     """
 
-    __slots__ = ("_pushed", "_seen", "_sources", "usage")
+    KEEP = 64 * 1024
+    KEEP_NATIVE = 256 * 1024
 
-    def __init__(self) -> None:
+    __slots__ = ("_counter", "_pending", "_pending_len", "_running", "_sources", "usage")
+
+    def __init__(self, counter: TokenCounter) -> None:
         self.usage: Usage | None = None
+        self._counter = counter
+        self._running: StreamTokenCounter | None = None
         self._sources: list[TextSource] = []
-        self._pushed: list[str] = []
-        self._seen: list[str] = []
+        self._pending: list[str] = []
+        self._pending_len = 0
 
     def report_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -71,22 +86,42 @@ class StreamMeter:
 
     def push_text(self, text: str) -> None:
         if text:
-            self._pushed.append(text)
+            self._pending.append(text)
+            self._pending_len += len(text)
 
-    def new_text(self) -> str:
-        """The output text delivered since the last call (a live count's increment)."""
-        parts = [source.take_output_text() for source in self._sources]
-        parts.extend(self._pushed)
-        self._pushed.clear()
-        text = "".join(parts)
-        if text:
-            self._seen.append(text)
-        return text
+    def after_send(self) -> None:
+        """Keep memory bounded: count text past the thresholds (cheap below them)."""
+        for source in self._sources:
+            if source.pending_text_bytes > self.KEEP_NATIVE:
+                self.push_text(source.take_output_text())
+        if self._pending_len > self.KEEP:
+            self._count_pending()
 
-    def all_text(self) -> str:
-        """Every output text delivered so far."""
-        self.new_text()
-        return "".join(self._seen)
+    def count(self) -> int:
+        """Output tokens delivered so far (a running count, for a live budget)."""
+        self._collect()
+        self._count_pending()
+        return self._running.total if self._running is not None else 0
+
+    def output_tokens(self) -> int:
+        """The exact count of everything delivered (at the end of the call)."""
+        self._collect()
+        self._count_pending()
+        return self._running.finish() if self._running is not None else 0
+
+    def _collect(self) -> None:
+        for source in self._sources:
+            self.push_text(source.take_output_text())
+
+    def _count_pending(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_len = 0
+        if self._running is None:
+            self._running = self._counter.stream()
+        self._running.push(text)
 
 
 @dataclass(slots=True)
@@ -110,11 +145,12 @@ class ProviderAdapter(abc.ABC):
     # (OpenAI's Responses API, passed through) where the provider speaks them.
     operations: frozenset[str] = frozenset({"chat"})
 
-    def __init__(self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None) -> None:
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts, egress: Egress | None) -> None:
         self.name = config.name
         self.config = config
         self.timeouts = timeouts
-        self.client = client
+        # The way out; `None` for providers that make no network call (`mock`).
+        self.egress = egress
 
     async def forward(self, call: ChatCall, operation: str) -> Completion:
         """A non-chat operation (`embeddings`, `responses`), forwarded in the provider's own

@@ -19,6 +19,7 @@ from tollway.errors import ConfigError, TranslationError
 from tollway.providers._anthropic_format import anthropic_request_to_openai
 from tollway.providers._common import (
     HttpAdapter,
+    TranslatedRelay,
     client_body,
     client_encoder,
     parse_json_object,
@@ -27,7 +28,7 @@ from tollway.providers._common import (
 from tollway.providers._gemini_format import GeminiStreamDecoder, gemini_response_to_openai, openai_request_to_gemini
 from tollway.providers._keys import KeyRing
 from tollway.providers.base import ChatCall, Completion, StreamSink
-from tollway.upstream import Endpoint, UpstreamClient
+from tollway.upstream import Egress, Endpoint, Framing
 from tollway.usage import Usage
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
@@ -36,10 +37,8 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 class GeminiAdapter(HttpAdapter):
     kind = "gemini"
 
-    def __init__(
-        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, keys: KeyRing | None
-    ) -> None:
-        super().__init__(config, timeouts, client, keys)
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts, egress: Egress | None, keys: KeyRing | None) -> None:
+        super().__init__(config, timeouts, egress, keys)
         self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._endpoints: dict[tuple[str, bool], Endpoint] = {}
         if any("\r" in v or "\n" in v for v in self.extra_headers.values()):
@@ -49,7 +48,7 @@ class GeminiAdapter(HttpAdapter):
         endpoint = self._endpoints.get((model, stream))
         if endpoint is None:
             method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-            endpoint = Endpoint.parse(f"{self.base_url}/models/{quote(model, safe='')}:{method}")
+            endpoint = self.endpoint(f"{self.base_url}/models/{quote(model, safe='')}:{method}")
             self._endpoints[(model, stream)] = endpoint
         return endpoint
 
@@ -74,17 +73,14 @@ class GeminiAdapter(HttpAdapter):
 
     async def chat(self, call: ChatCall) -> Completion:
         model = call.model.upstream_model
-        resp, deadline = await self.post(self._endpoint(model, False), self._body(call), self._headers_for(False))
-        response = parse_json_object(self.name, await resp.read(deadline))
+        resp = await self.post(self._endpoint(model, False), self._body(call), self._headers_for(False))
+        response = parse_json_object(self.name, resp.payload)
         completion, usage = gemini_response_to_openai(response, model)
         return Completion(body=client_body(self.name, call, completion, usage), usage=usage)
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
         model = call.model.upstream_model
-        resp, deadline = await self.post(self._endpoint(model, True), self._body(call), self._headers_for(True))
-        try:
-            self.check_content_type(resp, "text/event-stream")
-            decoder = GeminiStreamDecoder(self.name)
-            return await self.pump_sse(resp, deadline, decoder, client_encoder(call, model), sink, call.meter)
-        finally:
-            resp.close()
+        resp = await self.post(self._endpoint(model, True), self._body(call), self._headers_for(True), Framing.SSE)
+        self.check_content_type(resp, "text/event-stream")
+        relay = TranslatedRelay(GeminiStreamDecoder(self.name), client_encoder(call, model))
+        return await self.pump(resp, relay, sink, call.meter)

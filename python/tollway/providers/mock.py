@@ -57,7 +57,7 @@ class MockAdapter(ProviderAdapter):
     kind = "mock"
 
     def __init__(self, config: ProviderConfig, timeouts: Timeouts) -> None:
-        super().__init__(config, timeouts, client=None)
+        super().__init__(config, timeouts, egress=None)
         self.options = config.mock
         self._words = self.options.reply.split()
 

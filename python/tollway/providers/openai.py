@@ -1,15 +1,18 @@
 """OpenAI and every OpenAI-compatible server (`kind = "openai"` with any `base_url`).
 
 Requests are forwarded nearly verbatim: the body is re-encoded only when the gateway must
-change it (a different upstream model name, or asking for usage in a stream). Streams are
-parsed by the native SSE parser and each event is forwarded as soon as it is parsed; events
-that arrive together in one network chunk leave together in one write.
+change it (a different upstream model name, or asking for usage in a stream), and a preset's
+quirks are applied on the way out (`presets`). Streams to an OpenAI client are relayed
+natively (`_openai_wire.OpenAIRelay`): each event is forwarded as soon as it is parsed, and
+events that arrive together in one network chunk leave together in one write. An
+Anthropic-format client is translated both ways (`_openai_wire`).
 
 Usage capture in streams: the gateway always asks for `stream_options.include_usage`. When the
 client did not ask for it, the gateway removes what that option adds before the client sees
-it: the final usage-only chunk, and the `"usage":null` member OpenAI adds to every other chunk.
-The per-event work (parsing, usage capture, that removal) is the native `OpenAIChatStream`
-(`rust/core/src/chat_stream.rs`), called once per network chunk.
+it: the final usage-only chunk, and the `"usage":null` member OpenAI adds to every other chunk
+(natively, `rust/core/src/chat_stream.rs`, once per network chunk).
+
+Auth: `Authorization: Bearer <api_key>`; several keys rotate (see `_keys`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from typing import Any
 
 import orjson
 
-from tollway._native import OpenAIChatStream, SseParser
 from tollway.config.schema import ProviderConfig, Timeouts
 from tollway.config.secrets import Secret
-from tollway.errors import ConfigError, SseError, StreamFormatError, UpstreamError
-from tollway.providers import _openai_wire
-from tollway.providers._common import is_context_length
-from tollway.providers.base import ChatCall, Completion, ProviderAdapter, StreamMeter, StreamSink
-from tollway.upstream import Endpoint, Failure, FailureKind, UpstreamClient, UpstreamResponse, upstream_failure
+from tollway.errors import ConfigError, UpstreamError
+from tollway.providers._common import HttpAdapter, StreamRelay, bad_json
+from tollway.providers._keys import KeyRing
+from tollway.providers._openai_wire import OpenAIRelay, translated_body, translated_completion, translated_relay
+from tollway.providers.base import ChatCall, Completion, StreamMeter, StreamSink
+from tollway.providers.presets import Preset
+from tollway.upstream import Egress, Framing
 from tollway.usage import Usage, usage_from_openai, usage_from_responses
 
 # Upstream response headers passed through to the client, renamed where ours take the name.
@@ -37,35 +41,46 @@ _PASSED_HEADERS = {
 }
 
 
-class OpenAIAdapter(ProviderAdapter):
+class OpenAIAdapter(HttpAdapter):
     kind = "openai"
     operations = frozenset({"chat", "embeddings", "responses"})
 
     def __init__(
-        self, config: ProviderConfig, timeouts: Timeouts, client: UpstreamClient | None, api_key: Secret | None
+        self,
+        config: ProviderConfig,
+        timeouts: Timeouts,
+        egress: Egress | None,
+        keys: KeyRing | None,
+        preset: Preset | None = None,
     ) -> None:
-        super().__init__(config, timeouts, client)
-        assert config.base_url is not None  # the loader requires it for this kind
-        base = config.base_url.rstrip("/")
-        self.chat_endpoint = Endpoint.parse(base + "/chat/completions")
+        super().__init__(config, timeouts, egress, keys)
+        base_url = config.base_url or (preset.base_url if preset is not None else None)
+        assert base_url is not None  # the loader requires one or the other
+        base = base_url.rstrip("/")
+        self.chat_endpoint = self.endpoint(base + "/chat/completions")
         self.endpoints = {
-            "embeddings": Endpoint.parse(base + "/embeddings"),
-            "responses": Endpoint.parse(base + "/responses"),
+            "embeddings": self.endpoint(base + "/embeddings"),
+            "responses": self.endpoint(base + "/responses"),
         }
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        headers.update({k.lower(): v for k, v in config.headers.items()})
-        if api_key is not None:
-            headers["authorization"] = f"Bearer {api_key.reveal()}"
-        if any("\r" in v or "\n" in v for v in headers.values()):
-            # A line break in a header value would let a config or secret inject headers.
-            raise ConfigError([f"provider `{self.name}`: a header value or the API key contains a line break"])
-        self._headers = headers
-        self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._rewrite = preset.rewrite if preset is not None and preset.changes_bodies else None
+        if any("\r" in v or "\n" in v for v in self.extra_headers.values()):
+            # A line break in a header value would let a config inject headers.
+            raise ConfigError([f"provider `{self.name}`: a header value contains a line break"])
 
-    def _request_headers(self, call: ChatCall, stream: bool) -> dict[str, str]:
-        out = dict(call.forward_headers)
-        out.update(self._stream_headers if stream else self._headers)
-        return out
+    def prepare_body(self, body: bytes) -> bytes:
+        return self._rewrite(body) if self._rewrite is not None else body
+
+    def _headers_for(self, call: ChatCall, stream: bool) -> Callable[[Secret | None], dict[str, str]]:
+        # An Anthropic client's own headers mean nothing to an OpenAI server.
+        base = dict(call.forward_headers) if call.api == "openai" else {}
+        base["content-type"] = "application/json"
+        base["accept"] = "text/event-stream" if stream else "application/json"
+        base.update(self.extra_headers)
+
+        def headers(key: Secret | None) -> dict[str, str]:
+            return {**base, "authorization": f"Bearer {key.reveal()}"} if key is not None else base
+
+        return headers
 
     def _request_body(self, call: ChatCall) -> tuple[bytes, bool]:
         """The body to send, and whether the gateway added `include_usage` to it."""
@@ -86,90 +101,27 @@ class OpenAIAdapter(ProviderAdapter):
         return (orjson.dumps(body) if changed else call.raw), injected
 
     async def chat(self, call: ChatCall) -> Completion:
-        assert self.client is not None
+        headers = self._headers_for(call, False)
         if call.api == "anthropic":  # an Anthropic-format client: translated both ways
-            return await _openai_wire.chat_for_anthropic_client(self, call)
+            resp = await self.post(self.chat_endpoint, translated_body(call, self.kind, self.name), headers)
+            return translated_completion(self.name, call, resp.payload, _passed(resp.headers))
         body, _ = self._request_body(call)
-        return await self._post_json(call, self.chat_endpoint, body, usage_from_openai)
-
-    async def _post_json(
-        self, call: ChatCall, endpoint: Endpoint, body: bytes, read_usage: Callable[[Any], Usage | None]
-    ) -> Completion:
-        """POST a JSON request and return the JSON answer as it came, with its usage."""
-        assert self.client is not None
-        resp, deadline = await self.client.post(
-            self.name, endpoint, body, self._request_headers(call, False), self.timeouts
-        )
-        payload = await resp.read(deadline)
-        if resp.status != 200:
-            raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
-        try:
-            parsed = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` answered with invalid JSON")
-            ) from None
-        usage = read_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
-        return Completion(body=payload, usage=usage, headers=self._passed_headers(resp.headers))
+        resp = await self.post(self.chat_endpoint, body, headers)
+        return _completion(self.name, resp.payload, resp.headers, usage_from_openai)
 
     async def chat_stream(self, call: ChatCall, sink: StreamSink) -> Usage | None:
-        assert self.client is not None
+        headers = self._headers_for(call, True)
+        relay: StreamRelay
         if call.api == "anthropic":
-            return await _openai_wire.stream_for_anthropic_client(self, call, sink)
-        body, injected = self._request_body(call)
-        resp, deadline = await self.client.post(
-            self.name, self.chat_endpoint, body, self._request_headers(call, True), self.timeouts
-        )
-        try:
-            if resp.status != 200:
-                payload = await resp.read(deadline)
-                raise self._status_failure(resp.status, payload, resp.headers.get("retry-after"))
-            ctype = resp.headers.get("content-type", "")
-            if not ctype.startswith("text/event-stream"):
-                raise upstream_failure(
-                    Failure(
-                        FailureKind.BAD_RESPONSE,
-                        self.name,
-                        f"provider `{self.name}` answered a stream request with `{ctype or 'no content type'}`",
-                    )
-                )
-            return await self._pump(resp, deadline, injected, sink, call.meter)
-        finally:
-            resp.close()
-
-    async def _pump(
-        self, resp: UpstreamResponse, deadline: float, injected: bool, sink: StreamSink, meter: StreamMeter | None
-    ) -> Usage | None:
-        # Per event, natively: parse, capture usage, remove what the gateway injected, forward.
-        stream = OpenAIChatStream(strip_usage=injected)
-        if meter is not None:
-            meter.watch(stream)
-        try:
-            async for chunk in resp.chunks(self.timeouts, deadline):
-                out = stream.feed(chunk)
-                if out:
-                    await sink.send(out)
-        except SseError as exc:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
-            ) from None
-        except StreamFormatError:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent an event that is not JSON")
-            ) from None
-        usage_json = stream.usage_json
-        usage = usage_from_openai(orjson.loads(usage_json)) if usage_json is not None else None
-        if meter is not None:
-            meter.report_usage(usage)
-        if not stream.done:
-            raise upstream_failure(
-                Failure(
-                    FailureKind.BROKEN_STREAM,
-                    self.name,
-                    f"provider `{self.name}` ended the stream before `[DONE]`",
-                )
-            )
-        return usage
+            body = translated_body(call, self.kind, self.name)
+            resp = await self.post(self.chat_endpoint, body, headers, Framing.SSE)
+            relay = translated_relay(self.name, call)
+        else:
+            body, injected = self._request_body(call)
+            resp = await self.post(self.chat_endpoint, body, headers, Framing.OPENAI_CHAT, strip_usage=injected)
+            relay = OpenAIRelay(resp.stream, call.meter)
+        self.check_content_type(resp, "text/event-stream")
+        return await self.pump(resp, relay, sink, call.meter)
 
     # -- embeddings and the Responses API: passed through in OpenAI's format ---------------------
     def _forward_body(self, call: ChatCall) -> bytes:
@@ -180,96 +132,73 @@ class OpenAIAdapter(ProviderAdapter):
 
     async def forward(self, call: ChatCall, operation: str) -> Completion:
         read_usage = usage_from_responses if operation == "responses" else usage_from_openai
-        return await self._post_json(call, self.endpoints[operation], self._forward_body(call), read_usage)
+        resp = await self.post(self.endpoints[operation], self._forward_body(call), self._headers_for(call, False))
+        return _completion(self.name, resp.payload, resp.headers, read_usage)
 
     async def forward_stream(self, call: ChatCall, operation: str, sink: StreamSink) -> Usage | None:
-        """The Responses API streamed: events relayed as they are parsed; usage from
-        `response.completed`, output text from `response.output_text.delta` for the meter."""
-        assert self.client is not None
-        resp, deadline = await self.client.post(
-            self.name,
-            self.endpoints[operation],
-            self._forward_body(call),
-            self._request_headers(call, True),
-            self.timeouts,
-        )
-        try:
-            if resp.status != 200:
-                raise self._status_failure(resp.status, await resp.read(deadline), resp.headers.get("retry-after"))
-            parser = SseParser()
-            usage: Usage | None = None
-            done = False
-            async for chunk in resp.chunks(self.timeouts, deadline):
-                out: list[bytes] = []
-                for event in parser.feed(chunk):
-                    kind = event.event or ""
-                    if kind == "response.output_text.delta" and call.meter is not None:
-                        delta = orjson.loads(event.data).get("delta")
-                        if isinstance(delta, str):
-                            call.meter.push_text(delta)
-                    elif kind in ("response.completed", "response.incomplete", "response.failed"):
-                        done = True
-                        response = orjson.loads(event.data).get("response")
-                        if isinstance(response, dict):
-                            usage = usage_from_responses(response.get("usage")) or usage
-                    out.append(event.to_bytes())
-                if out:
-                    await sink.send(b"".join(out))
-        except (SseError, orjson.JSONDecodeError) as exc:
-            raise upstream_failure(
-                Failure(FailureKind.BAD_RESPONSE, self.name, f"provider `{self.name}` sent a malformed stream: {exc}")
-            ) from None
-        finally:
-            resp.close()
-        if call.meter is not None:
-            call.meter.report_usage(usage)
-        if not done:
-            raise upstream_failure(
-                Failure(FailureKind.BROKEN_STREAM, self.name, f"provider `{self.name}` ended the stream early")
-            )
-        return usage
-
-    def _status_failure(self, status: int, payload: bytes, retry_after: str | None) -> UpstreamError:
-        upstream_message = _error_message(payload)
-        detail = f": {upstream_message}" if upstream_message else ""
-        if status == 429:
-            kind = FailureKind.RATE_LIMITED
-            message = f"provider `{self.name}` is rate limiting the gateway (429){detail}"
-        elif status in (401, 403):
-            kind = FailureKind.CREDENTIALS
-            message = f"provider `{self.name}` rejected the gateway's credentials ({status}); check its `api_key`"
-        elif is_context_length(status, payload):  # a fallback to a longer-context model may help
-            kind = FailureKind.CONTEXT_LENGTH
-            message = f"provider `{self.name}` says the request exceeds the model's context window{detail}"
-        elif 400 <= status < 500:
-            kind = FailureKind.CLIENT_ERROR
-            message = f"provider `{self.name}` rejected the request ({status}){detail}"
-        elif status >= 500:
-            kind = FailureKind.SERVER_ERROR
-            message = f"provider `{self.name}` failed with {status}{detail}"
-        else:
-            kind = FailureKind.BAD_RESPONSE
-            message = f"provider `{self.name}` answered with unexpected status {status}"
-        return upstream_failure(Failure(kind, self.name, message, status, retry_after, upstream_message))
-
-    @staticmethod
-    def _passed_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
-        out = []
-        for name, renamed in _PASSED_HEADERS.items():
-            value = headers.get(name)
-            if value is not None:
-                out.append((renamed, value))
-        return out
+        """The Responses API streamed: events relayed as they are parsed."""
+        headers = self._headers_for(call, True)
+        resp = await self.post(self.endpoints[operation], self._forward_body(call), headers, Framing.SSE)
+        self.check_content_type(resp, "text/event-stream")
+        return await self.pump(resp, ResponsesRelay(self.name), sink, call.meter)
 
 
-def _error_message(payload: bytes) -> str | None:
-    """The `error.message` of an OpenAI-style error body, shortened; `None` if there is none."""
+class ResponsesRelay(StreamRelay):
+    """OpenAI's Responses API stream, relayed event by event: usage from `response.completed`
+    (or `.incomplete`, `.failed`), output text from `response.output_text.delta`."""
+
+    ended_early = "ended the stream early"
+    __slots__ = ("_done", "_usage", "provider")
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._done = False
+        self._usage: Usage | None = None
+
+    def feed(self, batch: Any, meter: StreamMeter | None) -> tuple[bytes, UpstreamError | None]:
+        out: list[bytes] = []
+        for event in batch:
+            kind = event.event or ""
+            try:
+                if kind == "response.output_text.delta" and meter is not None:
+                    delta = orjson.loads(event.data).get("delta")
+                    if isinstance(delta, str):
+                        meter.push_text(delta)
+                elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                    self._done = True
+                    response = orjson.loads(event.data).get("response")
+                    if isinstance(response, dict):
+                        self._usage = usage_from_responses(response.get("usage")) or self._usage
+            except (orjson.JSONDecodeError, AttributeError):
+                return b"".join(out), bad_json(self.provider)
+            out.append(event.to_bytes())
+        return b"".join(out), None
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+
+def _completion(
+    provider: str, payload: bytes, headers: dict[str, str], read_usage: Callable[[Any], Usage | None]
+) -> Completion:
+    """A JSON answer passed through as it came, with its usage."""
     try:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error
-    if not isinstance(message, str) or not message:
-        return None
-    return message if len(message) <= 500 else message[:497] + "..."
+        raise bad_json(provider) from None
+    usage = read_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
+    return Completion(body=payload, usage=usage, headers=_passed(headers))
+
+
+def _passed(headers: dict[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for name, renamed in _PASSED_HEADERS.items():
+        value = headers.get(name)
+        if value is not None:
+            out.append((renamed, value))
+    return out

@@ -43,6 +43,7 @@ from tollway.config.loader import LoadedConfig, load_config
 from tollway.config.schema import ModelConfig
 from tollway.errors import ConfigError, TokenCountError
 from tollway.observability.logs import AccessLog
+from tollway.observability.memory import MemoryKeeper
 from tollway.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tollway.observability.metrics import GatewayMetrics
 from tollway.observability.tracing import Tracer
@@ -53,7 +54,7 @@ from tollway.providers import ProviderAdapter, build_adapters
 from tollway.routing import Router, Target
 from tollway.server import admin
 from tollway.server.errors import ApiError, invalid_request, model_not_allowed, model_not_found
-from tollway.upstream import UpstreamClient
+from tollway.upstream import UpstreamClient, warn_without_trusted_roots
 from tollway.usage.accounting import ModelAccounting
 from tollway.usage.catalog import Catalog
 from tollway.usage.ledger import Ledger, LedgerConfig
@@ -113,6 +114,7 @@ class Runtime:
         self.digest = digest  # of the file's bytes: reloading the same text is a no-op
         self.base_dir = loaded.path.parent
         self.max_body = config.server.max_body_bytes
+        self.stream_buffer_bytes = config.server.stream_buffer_bytes
         self.keys = KeyStore(config.keys)
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self.catalog = Catalog.load(list(config.catalog))
@@ -127,7 +129,7 @@ class Runtime:
         )
         self.policies = PolicyEngine(config.policies, config.limits, backend)
         self.adapters: dict[str, ProviderAdapter] = build_adapters(
-            config.providers, config.server.timeouts, client, self.base_dir
+            config.providers, config.server.timeouts, client, self.base_dir, config.server.upstream_limits
         )
         self._accounting: dict[tuple[str, str, str], ModelAccounting] = {}
 
@@ -198,6 +200,8 @@ class Gateway:
         )
         self.ready = False
         self.reloads = 0
+        # Requests in flight, and memory given back after bursts of them.
+        self.memory = MemoryKeeper()
         self._watch: asyncio.Task[None] | None = None
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -224,8 +228,12 @@ class Gateway:
 
     async def startup(self) -> None:
         config = self.config
-        # One connection pool for every configuration: a reload keeps the warm connections.
-        self.client = UpstreamClient(config.server.max_connections_per_host)
+        # One upstream client for every configuration: a reload keeps the warm connections of
+        # providers whose way out did not change.
+        self.client = UpstreamClient(config.server.max_connections_per_host, config.server.stream_buffer_bytes)
+        if config.metrics.enabled:
+            self.client.on_pool_wait = self.metrics.observe_pool_wait
+        warn_without_trusted_roots()
         self.runtime = Runtime(self.loaded, self.client, self.backend, self.digest)
         # Built here, in the worker process: the writer is a thread, and threads do not survive fork.
         self.ledger = Ledger(_ledger_config(config.ledger, self.base_dir))
@@ -242,10 +250,12 @@ class Gateway:
             loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.reload_from_file("SIGHUP")))
         if config.server.watch_config:
             self._watch = loop.create_task(self._watch_config())
+        self.memory.start(loop)
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        self.memory.stop()
         if self._watch is not None:
             self._watch.cancel()
         if self.client is not None:
@@ -354,6 +364,8 @@ class Gateway:
                     error = ApiError(404, "invalid_request_error", "unknown_url", message)
                 self.respond_error(proto, request_id, error, scope.path)
                 return
+        memory = self.memory
+        memory.begin()
         try:
             await handler(scope, proto, request_id)
         except Reject as reject:
@@ -368,6 +380,8 @@ class Gateway:
                     ApiError(500, "server_error", "internal_error", "the gateway failed to handle this request"),
                     scope.path,
                 )
+        finally:
+            memory.end()
 
     @staticmethod
     def respond_error(proto: Any, request_id: str, error: ApiError, path: str = "") -> None:

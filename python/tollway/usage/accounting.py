@@ -182,21 +182,22 @@ def settle_usage(
     api: str,
     raw_body: bytes,
     reported: Usage | None,
-    delivered_text: str | None,
+    delivered_tokens: int,
     complete: bool,
 ) -> SettledUsage:
     """The usage to record for one model call.
 
-    `reported`: the provider's usage, if any arrived. `delivered_text`: the output text that
-    passed through (streams), counted only when the provider reported nothing. `complete`:
-    the answer reached its end (else counts are `partial`).
+    `reported`: the provider's usage, if any arrived. `delivered_tokens`: the output tokens
+    counted by the gateway, with the model's counter, from what passed through (used only when
+    the provider reported nothing). `complete`: the answer reached its end (else counts are
+    `partial`).
     """
     if reported is not None:
         usage = reported
         usage.source = "provider"
         return SettledUsage(usage, "provider", "provider", accounting.cost(usage))
     prompt_tokens, prompt_source = accounting.count_prompt(api, raw_body)
-    completion_tokens, exactness = accounting.count_text(delivered_text or "")
+    completion_tokens, exactness = delivered_tokens, accounting.counter.exactness
     if not complete:
         completion_source: TokenSource = "partial"
     elif exactness == "exact" and accounting.known_tokenizer:
